@@ -1,0 +1,2 @@
+"""CLIP Adaptation Workbench."""
+__version__ = "0.1.0"

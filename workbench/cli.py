@@ -1,0 +1,37 @@
+"""`workbench` command line. Each area adds its own sub-commands via `add_commands(subparsers)`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# modules that contribute sub-commands; each defines add_commands(subparsers)
+COMMAND_MODULES = [
+    "workbench.data.toy.cli",  # workbench toy ...
+    "workbench.data.cli",  # workbench data ...
+    "workbench.runs.cli",  # workbench runs ...
+    "workbench.engine.cli",  # workbench zeroshot / features ...
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Shared fixtures. Every test session gets its own empty workbench cache (never the user's)."""
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+from PIL import Image
+
+from workbench.data.types import DatasetSplits, Sample
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_workbench_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("workbench_cache")
+    old = {k: os.environ.get(k) for k in ("WORKBENCH_CACHE", "WORKBENCH_RUNS", "WORKBENCH_TOY_DATA")}
+    os.environ["WORKBENCH_CACHE"] = str(root)
+    os.environ.pop("WORKBENCH_RUNS", None)
+    os.environ.pop("WORKBENCH_TOY_DATA", None)
+    yield root
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    """The embedded architecture at a fixed random init (no pretraining)."""
+    from workbench.backbone import CLIPBackbone
+
+    torch.manual_seed(0)
+    return CLIPBackbone.from_pretrained("wb-tiny-vit")
+
+
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 60, 220), "yellow": (230, 220, 30),
+          "purple": (150, 40, 180)}
+
+
+def make_color_dataset(root, per_class: int = 3, size: int = 48, seed: int = 0) -> DatasetSplits:
+    """Solid-colour squares on grey, one class per colour, written as PNG files under `root`."""
+    rng = random.Random(seed)
+    classnames = list(COLORS)
+    splits = {"train": [], "val": [], "test": []}
+    for label, name in enumerate(classnames):
+        for split in splits:
+            for i in range(per_class):
+                rel = f"{name}/{split}_{i}.png"
+                path = root / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                img = Image.new("RGB", (size, size), (128, 128, 128))
+                x, y = rng.randint(0, size // 3), rng.randint(0, size // 3)
+                img.paste(COLORS[name], (x, y, x + size // 2, y + size // 2))
+                img.save(path)
+                splits[split].append(Sample(rel, label, name))
+    return DatasetSplits("colors", root, classnames, ["a photo of a {} square.", "a {} thing."], **splits)
+
+
+@pytest.fixture
+def color_dataset(tmp_path):
+    return make_color_dataset(tmp_path / "colors")

@@ -1,0 +1,22 @@
+"""Backbone names as run specs use them: `toy` (the embedded offline default) or any open_clip model."""
+from __future__ import annotations
+
+from .backbone import CLIPBackbone
+
+EMBEDDED_BACKBONE = "toy"
+REAL_DEFAULT = ("ViT-B-16-quickgelu", "openai")
+
+
+def load_backbone(name: str = EMBEDDED_BACKBONE, pretrained: str | None = None, device: str = "cpu") -> CLIPBackbone:
+    """`toy` builds the embedded tiny CLIP on first use (cached); anything else goes to open_clip."""
+    if name == EMBEDDED_BACKBONE:
+        from .data.toy import ensure_embedded_model
+
+        return CLIPBackbone.from_pretrained(f"local-dir:{ensure_embedded_model()}", device=device)
+    return CLIPBackbone.from_pretrained(name, pretrained, device=device)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,121 @@
+"""`workbench runs list | show | export`: look at the run registry from the shell."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+BASE_LIST_COLUMNS = ["short_hash", "name", "method", "protocol", "datasets", "shots", "seed", "backbone",
+                     "status", "progress", "epochs", "updated_at"]
+
+
+def _registry(args):
+    from workbench.runs.registry import Registry
+
+    return Registry(args.root)
+
+
+def _fmt_table(df) -> str:
+    import pandas as pd
+
+    df = df.copy()
+    for col in df.columns:
+        if pd.api.types.is_datetime64_any_dtype(df[col]):
+            df[col] = df[col].dt.tz_convert(None).dt.strftime("%Y-%m-%d %H:%M")
+        elif pd.api.types.is_float_dtype(df[col]):
+            df[col] = df[col].map(lambda v: "" if pd.isna(v) else f"{v:.4g}")
+    df = df.astype(object).where(df.notna(), "")
+    with pd.option_context("display.max_columns", None, "display.width", 250, "display.max_colwidth", 40):
+        return df.to_string(index=False)
+
+
+def cmd_list(args) -> int:
+    from workbench.runs.registry import RUN_COLUMNS
+
+    filters = {k: getattr(args, k) for k in ("method", "status", "protocol", "backbone", "source")
+               if getattr(args, k) is not None}
+    if args.shots is not None:
+        filters["shots"] = args.shots
+    reg = _registry(args)
+    df = reg.list(**filters)
+    if df.empty:
+        print("no runs")
+        return 0
+    metric_cols = [c for c in df.columns if c not in RUN_COLUMNS]
+    if not args.all_metrics:
+        metric_cols = metric_cols[: args.max_metrics]
+    df["progress"] = df["progress"].map(lambda p: f"{100 * p:.0f}%")
+    print(_fmt_table(df[BASE_LIST_COLUMNS + metric_cols]))
+    print(f"\n{len(df)} run(s) in {reg.root}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    reg = _registry(args)
+    try:
+        run = reg.get(args.hash)
+    except KeyError as exc:
+        print(exc.args[0], file=sys.stderr)
+        return 1
+    info = run.info()
+    print(f"run {run.hash}\n  dir: {run.dir}")
+    print(f"  name: {info['name'] or run.spec.display_name}")
+    print(f"  status: {info['status']}  progress: {100 * info['progress']:.0f}%  {info['message']}".rstrip())
+    if info.get("error"):
+        print(f"  error: {info['error']}")
+    print("spec:")
+    print("  " + json.dumps({k: v for k, v in run.spec.to_dict().items() if k != "name"},
+                            indent=2, sort_keys=True).replace("\n", "\n  "))
+    print("metrics:")
+    print("  " + (json.dumps(info["metrics"], indent=2, sort_keys=True).replace("\n", "\n  ")
+                  if info["metrics"] else "(none)"))
+    hist = run.history()
+    print(f"history ({len(hist)} epochs, last {min(args.tail, len(hist))}):")
+    print(_fmt_table(hist.tail(args.tail)) if len(hist) else "  (none)")
+    ckpt = run.latest_checkpoint()
+    print(f"latest checkpoint: {f'epoch {ckpt[0]} ({ckpt[1]})' if ckpt else '(none)'}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    path = _registry(args).export(args.path, fmt=args.format)
+    print(f"wrote {path}")
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    runs = subparsers.add_parser("runs", help="list, inspect and export runs in the run registry")
+    runs.add_argument("--root", default=None, help="registry root (default: $WORKBENCH_RUNS or <cache>/runs)")
+    sub = runs.add_subparsers(dest="runs_command", required=True)
+
+    p = sub.add_parser("list", help="table of runs")
+    p.add_argument("--method")
+    p.add_argument("--status", choices=["pending", "running", "done", "failed", "interrupted"])
+    p.add_argument("--protocol")
+    p.add_argument("--backbone")
+    p.add_argument("--source", help="source dataset")
+    p.add_argument("--shots", type=int)
+    p.add_argument("--max-metrics", type=int, default=6, help="metric columns shown (default 6)")
+    p.add_argument("--all-metrics", action="store_true", help="show every metric column")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("show", help="spec, status, metrics and last history rows of one run")
+    p.add_argument("hash", help="full hash or unique prefix")
+    p.add_argument("--tail", type=int, default=10, help="history rows shown (default 10)")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("export", help="write the run table to CSV or parquet")
+    p.add_argument("path")
+    p.add_argument("--format", choices=["csv", "parquet"], default=None, help="default: from the suffix, else csv")
+    p.set_defaults(func=cmd_export)
+
+
+def main(argv: list[str] | None = None) -> int:  # `python -m workbench.runs.cli ...`
+    parser = argparse.ArgumentParser(prog="workbench")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

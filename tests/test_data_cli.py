@@ -1,0 +1,72 @@
+"""`workbench data check|prepare` on a fabricated root."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from workbench.data.check import check_dataset
+from workbench.data.cli import add_commands
+
+try:
+    from data_fixtures import CORRUPT, make_eurosat, make_toy
+except ImportError:
+    from tests.data_fixtures import CORRUPT, make_eurosat, make_toy
+
+
+def run(argv, capsys):
+    parser = argparse.ArgumentParser(prog="workbench")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    rc = args.func(args)
+    return rc, capsys.readouterr().out
+
+
+def test_check_reports_counts_and_next_steps(tmp_path, capsys, monkeypatch):
+    make_eurosat(tmp_path)
+    rc, out = run(["data", "check", "--root", str(tmp_path), "--dataset", "eurosat", "oxford_pets"], capsys)
+    assert rc == 1
+    assert "eurosat (EuroSAT): INCOMPLETE" in out
+    assert "classes 5/10, train 30/13500, val 15/5400, test 10/8100" in out
+    assert "images: 55 present, 0 missing, 1 unreadable" in out
+    assert CORRUPT in out
+    assert "split_zhou_EuroSAT.json" in out  # the next step names CoOp's split file
+    # the missing dataset: exact path and where to get it
+    assert "oxford_pets (OxfordPets): MISSING" in out
+    assert str(tmp_path / "oxford_pets") in out
+    assert f"extract it to {tmp_path / 'oxford_pets' / 'images'}" in out
+
+
+def test_check_missing_images_and_json(tmp_path, capsys):
+    dset = make_eurosat(tmp_path)
+    (dset / "2750" / "Forest" / "Forest_train_0.jpg").unlink()
+    rep = check_dataset("eurosat", tmp_path, verify="none")
+    assert (rep.present, rep.missing, rep.checked) == (54, 1, 0)
+    assert rep.missing_examples == ["Forest/Forest_train_0.jpg"]
+    rc, out = run(["data", "check", "--root", str(tmp_path), "--dataset", "eurosat", "--json"], capsys)
+    data = json.loads(out)
+    assert data[0]["missing"] == 1 and data[0]["unreadable"] == 1 and data[0]["status"] == "incomplete"
+
+
+def test_check_ok_toy_and_prepare(tmp_path, capsys):
+    make_toy(tmp_path)
+    rc, out = run(["data", "check", "--root", str(tmp_path), "--dataset", "toy_objects", "--verify", "all"], capsys)
+    assert rc == 0 and "toy_objects (Toy objects): OK" in out and "24 of 24 decoded" in out
+    assert "workbench data prepare" in out
+    rc, out = run(["data", "prepare", "--root", str(tmp_path), "--dataset", "toy_objects", "--shots", "1", "2",
+                   "--seeds", "1", "2"], capsys)
+    assert rc == 0 and "4 written" in out
+    files = sorted(p.name for p in (tmp_path / "toy_objects" / "split_fewshot").iterdir())
+    assert files == ["shot_1-seed_1.json", "shot_1-seed_2.json", "shot_2-seed_1.json", "shot_2-seed_2.json"]
+    rc, out = run(["data", "prepare", "--root", str(tmp_path), "--dataset", "toy_objects", "--shots", "1",
+                   "--seeds", "1"], capsys)
+    assert "reused" in out
+
+
+def test_check_all_does_not_fail(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_TOY_DATA", str(tmp_path / "toys"))
+    make_eurosat(tmp_path)
+    rc, out = run(["data", "check", "--root", str(tmp_path), "--verify", "none"], capsys)
+    assert rc == 0 and "summary:" in out and "imagenet_r (ImageNet-R): MISSING" in out
+    assert str(tmp_path / "toys" / "toy_vocab") in out  # toys looked up under the toy root
+    rc, out = run(["data", "prepare", "--root", str(tmp_path), "--shots", "1", "--seeds", "1"], capsys)
+    assert "eurosat: written" in out and "imagenet_a: skipped" in out and "dtd: missing" in out

@@ -1,0 +1,129 @@
+"""Image loading that survives corrupt or missing files.
+
+`ImageDataset` returns `(image_tensor, label, index)`; an image that cannot be read gives `None`
+instead, with one warning per file, and its path is recorded in `dataset.skipped`. Use
+`collate_skip_none` as the DataLoader's `collate_fn` to drop those items; a batch in which every
+item was unreadable collates to `None` (skip it in the loop).
+
+Skips are also appended to a small log file, so they are counted when DataLoader workers (other
+processes) did the reading: `dataset.skipped` merges both.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from PIL import Image
+from torch.utils.data import Dataset, default_collate
+
+from workbench.data.types import Sample
+
+
+class UnreadableImageWarning(UserWarning):
+    """An image file could not be read and was skipped."""
+
+
+def open_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open an image fully (decoding it, so truncated files fail here) as RGB."""
+    with Image.open(path) as img:
+        img.load()
+        return img.convert("RGB")
+
+
+class ImageDataset(Dataset):
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        image_root: str | os.PathLike,
+        transform: Callable[[Image.Image], Any] | None = None,
+        skip_log: str | os.PathLike | None = None,
+    ):
+        self.samples = list(samples)
+        self.image_root = Path(image_root)
+        self.transform = transform
+        self._skipped: list[str] = []
+        self._warned: set[str] = set()
+        self._owner_pid = os.getpid()
+        if skip_log is None:
+            fd, name = tempfile.mkstemp(prefix="workbench-skipped-", suffix=".txt")
+            os.close(fd)
+            self._skip_log, self._own_log = Path(name), True
+        else:
+            self._skip_log, self._own_log = Path(skip_log), False
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        s = self.samples[index]
+        path = self.image_root / s.path
+        try:
+            img = open_rgb(path)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is skipped, never fatal
+            self._record_skip(s.path, e)
+            return None
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, s.label, index
+
+    def _record_skip(self, rel: str, err: BaseException) -> None:
+        if rel not in self._warned:
+            self._warned.add(rel)
+            self._skipped.append(rel)
+            warnings.warn(
+                f"skipping unreadable image {self.image_root / rel}: {type(err).__name__}: {err}",
+                UnreadableImageWarning,
+                stacklevel=3,
+            )
+            try:
+                with open(self._skip_log, "a", encoding="utf-8") as f:
+                    f.write(rel + "\n")
+            except OSError:
+                pass
+
+    @property
+    def skipped(self) -> list[str]:
+        """Unique relative paths of the images skipped so far (this process and its workers)."""
+        seen = dict.fromkeys(self._skipped)
+        try:
+            with open(self._skip_log, encoding="utf-8") as f:
+                for line in f:
+                    line = line.rstrip("\n")
+                    if line:
+                        seen.setdefault(line, None)
+        except OSError:
+            pass
+        return list(seen)
+
+    def __del__(self):
+        try:
+            if self._own_log and os.getpid() == self._owner_pid:
+                self._skip_log.unlink(missing_ok=True)
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def collate_skip_none(batch: list):
+    """default_collate over the readable items; None when none is left."""
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return None
+    return default_collate(batch)
+
+
+def check_image(path: str | os.PathLike) -> str | None:
+    """None if the file decodes, else a short reason ("missing", or the error)."""
+    p = Path(path)
+    if not p.is_file():
+        return "missing"
+    try:
+        open_rgb(p)
+    except Exception as e:  # noqa: BLE001
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+__all__ = ["ImageDataset", "collate_skip_none", "check_image", "open_rgb", "UnreadableImageWarning"]

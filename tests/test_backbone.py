@@ -314,3 +314,21 @@ def test_unknown_model_and_tag_errors():
         load_clip("no-such-model")
     with pytest.raises(ValueError, match="known tags"):
         load_clip("ViT-B-16-quickgelu", "no-such-tag")
+
+
+def test_extensions_disabled_gives_plain_clip(inputs):
+    torch.manual_seed(0)
+    bb = CLIPBackbone.from_pretrained("wb-tiny-vit")
+    images, tokens = inputs
+    _randomize_lora(bb.visual.add_lora(r=2) + bb.text.add_lora(r=2))
+    bb.visual.add_injection("p", StaticTokens(2, bb.visual.width, stages=[0, 1], position=END))
+    bb.text.add_injection("p", StaticTokens(2, bb.text.width, stages=[1]))
+    bb.visual.add_adapter(0, "pre_mlp", Shift(bb.visual.width, 0.5))
+    with torch.no_grad():
+        adapted = bb.encode_image(images)
+        with bb.extensions_disabled():
+            plain_img, plain_txt = bb.encode_image(images), bb.encode_text(tokens)
+        assert torch.equal(bb.encode_image(images), adapted)  # re-enabled afterwards
+    assert (plain_img - bb.clip.encode_image(images)).abs().max() <= ATOL
+    assert (plain_txt - bb.clip.encode_text(tokens)).abs().max() <= ATOL
+    assert (adapted - plain_img).abs().max() > 1e-4

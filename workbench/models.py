@@ -13,6 +13,12 @@ def load_backbone(name: str = EMBEDDED_BACKBONE, pretrained: str | None = None, 
         from .data.toy import ensure_embedded_model
 
         return CLIPBackbone.from_pretrained(f"local-dir:{ensure_embedded_model()}", device=device)
+    if pretrained is None and not name.startswith("local-dir:"):
+        import torch
+
+        with torch.random.fork_rng():  # a random-init backbone is the same in every run
+            torch.manual_seed(0)
+            return CLIPBackbone.from_pretrained(name, None, device=device)
     return CLIPBackbone.from_pretrained(name, pretrained, device=device)
 
 

@@ -3,6 +3,7 @@ towers (`.visual`, `.text`) with their extension points."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +71,16 @@ class CLIPBackbone(nn.Module):
     def forward_text(self, tokens: torch.Tensor, embeddings: torch.Tensor | None = None,
                      output_hidden_states: bool = False) -> TowerOutput:
         return self.text(tokens, embeddings=embeddings, output_hidden_states=output_hidden_states)
+
+    @contextmanager
+    def extensions_disabled(self):
+        """Run the plain pretrained towers (zero-shot CLIP) while extensions stay attached."""
+        previous = self.visual.extensions_enabled, self.text.extensions_enabled
+        self.visual.extensions_enabled = self.text.extensions_enabled = False
+        try:
+            yield self
+        finally:
+            self.visual.extensions_enabled, self.text.extensions_enabled = previous
 
     def clear_extensions(self) -> None:
         self.visual.clear_extensions()

@@ -45,6 +45,9 @@ class BlockExtensions(nn.Module):
         return not self.lora and not any(len(a) for a in self.adapters.values())
 
 
+_NO_EXTENSIONS = BlockExtensions()
+
+
 def _attention(block: ResidualAttentionBlock, x: torch.Tensor, attn_mask: torch.Tensor | None,
                ext: BlockExtensions) -> torch.Tensor:
     mha = block.attn
@@ -105,6 +108,7 @@ class _Tower(nn.Module):
         self.num_layers = len(transformer.resblocks)
         self.extensions = nn.ModuleList([BlockExtensions() for _ in range(self.num_layers)])
         self.injections = nn.ModuleDict()
+        self.extensions_enabled = True
 
     # -- extension points ------------------------------------------------------------------
     def _layers(self, layers) -> list[int]:
@@ -181,15 +185,25 @@ class _Tower(nn.Module):
         return p.device, p.dtype
 
     # -- forward helpers -------------------------------------------------------------------
+    def _active_injections(self) -> dict[str, TokenInjection]:
+        return dict(self.injections.items()) if self.extensions_enabled else {}
+
+    def _block_extensions(self, i: int) -> BlockExtensions:
+        if self.extensions_enabled:
+            return self.extensions[i]
+        if any(lora.merged for lora in self.extensions[i].lora.values()):
+            raise RuntimeError("cannot disable extensions while LoRA is merged; call unmerge_lora() first")
+        return _NO_EXTENSIONS
+
     def _run_blocks(self, x, state: InjectionState, mask_fn, output_hidden_states: bool):
         hidden = [] if output_hidden_states else None
-        injections = dict(self.injections.items())
+        injections = self._active_injections()
         for i, block in enumerate(self.transformer.resblocks):
             if injections:
                 x = state.apply(x, i, injections)
             if hidden is not None:
                 hidden.append(x)
-            x = block_forward(block, x, mask_fn(x.shape[1], x), self.extensions[i])
+            x = block_forward(block, x, mask_fn(x.shape[1], x), self._block_extensions(i))
         if hidden is not None:
             hidden.append(x)
         return x, hidden
@@ -219,7 +233,7 @@ class VisionTower(_Tower):
         x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
         num_patches = x.shape[1] - 1
         x = v.patch_dropout(x)
-        injections = dict(self.injections.items())
+        injections = self._active_injections()
         state = InjectionState(x.shape[1], injections)
         if injections:
             x = state.apply(x, EMBED, injections)
@@ -277,7 +291,7 @@ class TextTower(_Tower):
         x = self.embed(tokens) if embeddings is None else embeddings
         if x.shape[0] != tokens.shape[0]:
             raise ValueError(f"embeddings batch {x.shape[0]} != tokens batch {tokens.shape[0]}")
-        injections = dict(self.injections.items())
+        injections = self._active_injections()
         state = InjectionState(x.shape[1], injections)
         if injections:
             x = state.apply(x, EMBED, injections)

@@ -1,0 +1,260 @@
+"""The one training loop every method uses: optimizers and schedules the papers use, AMP on CUDA,
+per-epoch checkpoints and exact resume, deterministic seeding, NaN guard, progress, history."""
+from __future__ import annotations
+
+import math
+import random
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from ..data.images import ImageDataset, collate_skip_none
+from ..data.transforms import train_transform
+from ..data.types import DatasetSplits
+from .features import FeatureCache, encode_images
+
+
+@dataclass
+class TrainConfig:
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.002
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    epochs: int = 10
+    batch_size: int = 32
+    warmup_epochs: int = 1  # constant warm-up (Dassl's "constant" warmup)
+    warmup_lr: float = 1e-5
+    schedule: str = "cosine"  # cosine | constant
+    schedule_unit: str = "epoch"  # epoch (Dassl) | iter (CLIP-LoRA)
+    max_iters: int | None = None  # stop after this many optimizer steps (iteration-budgeted methods)
+    precision: str = "amp"  # amp (fp16 autocast + grad scaling) | bf16 | fp32; CPU always runs fp32
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    flip: bool = True
+    grad_clip: float | None = None
+    eval_batch_size: int = 128
+    num_workers: int = 0
+    feature_views: int = 10  # augmented views cached per image for methods trained on features
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values or {}) - known)
+        if unknown:
+            raise KeyError(f"unknown training settings {unknown}; known: {sorted(known)}")
+        values = dict(values or {})
+        if "crop_scale" in values:
+            values["crop_scale"] = tuple(values["crop_scale"])
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def lr_at(cfg: TrainConfig, epoch: int, step_in_epoch: int = 0, steps_per_epoch: int = 1) -> float:
+    """Learning rate of a given step: constant warm-up epochs, then cosine (per epoch as Dassl's
+    scheduler steps it, or per iteration over the whole run)."""
+    if epoch < cfg.warmup_epochs:
+        return cfg.warmup_lr
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule != "cosine":
+        raise ValueError(f"unknown schedule {cfg.schedule!r}")
+    if cfg.schedule_unit == "iter":
+        total = cfg.max_iters or cfg.epochs * steps_per_epoch
+        t = min(epoch * steps_per_epoch + step_in_epoch, total)
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * t / total))
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
+
+
+def build_optimizer(method, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = method.param_groups(cfg.lr, cfg.weight_decay)
+    if not any(p.requires_grad for g in groups for p in g["params"]):
+        raise ValueError(f"method {method.name!r} has no trainable parameters")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use sgd or adamw")
+
+
+def _set_lr(optimizer, lr: float, base_lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def _autocast(device: torch.device, precision: str):
+    if device.type != "cuda" or precision == "fp32":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    resumed_from_epoch: int | None = None
+    skipped_images: int = 0
+    steps: int = 0
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def _train_batches(method, ds: DatasetSplits, cfg: TrainConfig, seed: int, device, cache):
+    """Returns make_loader(epoch) -> iterable of (inputs, labels), and the dataset for skip counts."""
+    backbone = method.backbone
+    transform = train_transform(backbone.image_size, backbone.mean, backbone.std, scale=cfg.crop_scale, flip=cfg.flip)
+    if method.inputs == "features":
+        enc = encode_images(backbone, ds.train, ds.image_root, transform, views=cfg.feature_views, seed=seed,
+                            cache=cache, desc=f"{ds.name}/train features")
+
+        def make_loader(epoch):
+            view = epoch % enc.features.shape[0]
+            data = TensorDataset(enc.features[view], enc.labels)
+            g = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+            return DataLoader(data, batch_size=cfg.batch_size, shuffle=True, generator=g)
+
+        return make_loader, None
+    dataset = ImageDataset(ds.train, ds.image_root, transform)
+
+    def make_loader(epoch):
+        g = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+        return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=g,
+                          num_workers=cfg.num_workers, collate_fn=collate_skip_none,
+                          pin_memory=device.type == "cuda")
+
+    return make_loader, dataset
+
+
+def fit(method, ds: DatasetSplits, cfg: TrainConfig, *, seed: int = 1, device: str | torch.device = "cpu",
+        run=None, cache: FeatureCache | None = None, progress: bool = True) -> FitResult:
+    """Train `method` on `ds.train`. With a registry `run`, every epoch is logged and checkpointed,
+    and a run that was interrupted resumes from its last checkpoint with identical results."""
+    device = torch.device(device)
+    method.to(device)
+    result = FitResult()
+    if not method.trainable:
+        return result
+    seed_everything(seed)
+    if method.inputs == "features" and hasattr(method, "fit_closed_form") and getattr(method, "closed_form", False):
+        return _fit_closed_form(method, ds, cfg, seed, device, run, cache, result)
+
+    optimizer = build_optimizer(method, cfg)
+    use_scaler = device.type == "cuda" and cfg.precision == "amp"
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    start_epoch = 0
+    if run is not None:
+        loaded = run.load_checkpoint(map_location=device)
+        if loaded is not None:
+            epoch_done, state = loaded
+            method.load_trainable_state_dict(state["method"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            result.history = state.get("history", [])
+            result.steps = state.get("steps", 0)
+            start_epoch = epoch_done + 1
+            result.resumed_from_epoch = epoch_done
+            run.log(f"resumed from checkpoint of epoch {epoch_done}")
+
+    make_loader, image_dataset = _train_batches(method, ds, cfg, seed, device, cache)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for epoch in range(start_epoch, cfg.epochs):
+        if cfg.max_iters is not None and result.steps >= cfg.max_iters:
+            break
+        seed_everything(_epoch_seed(seed, epoch))
+        method.train()
+        method.backbone.eval()  # frozen towers keep eval behaviour (dropout/patch dropout off)
+        loader = make_loader(epoch)
+        steps_per_epoch = max(len(loader), 1)
+        totals: dict[str, float] = {}
+        seen = correct = 0
+        bar = tqdm(loader, desc=f"{method.name} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
+        for step, batch in enumerate(bar):
+            if batch is None:
+                continue
+            if cfg.max_iters is not None and result.steps >= cfg.max_iters:
+                break
+            inputs, labels = batch[0].to(device), batch[1].to(device)
+            _set_lr(optimizer, lr_at(cfg, epoch, step, steps_per_epoch), cfg.lr)
+            optimizer.zero_grad(set_to_none=True)
+            with _autocast(device, cfg.precision):
+                out = method.backward(inputs, labels, scale=scaler.scale if scaler else (lambda loss: loss))
+            loss_value = float(out.loss.detach())
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(
+                    f"{method.name}: the loss became {loss_value} at epoch {epoch + 1}, step {step + 1}. "
+                    f"Lower the learning rate (now {cfg.lr}; e.g. --set train.lr={cfg.lr / 10:g}) or use "
+                    "--set train.precision=fp32; the last good checkpoint is kept for inspection.")
+            if cfg.grad_clip:
+                if scaler:
+                    scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            result.steps += 1
+            n = labels.shape[0]
+            seen += n
+            totals["loss"] = totals.get("loss", 0.0) + loss_value * n
+            for k, v in out.scalars.items():
+                totals[k] = totals.get(k, 0.0) + float(v) * n
+            if out.logits is not None:
+                correct += int((out.logits.argmax(-1) == labels).sum())
+            if progress:
+                bar.set_postfix(loss=f"{loss_value:.3f}")
+        method.on_epoch_end(epoch, cfg.epochs)
+        record = {k: v / max(seen, 1) for k, v in totals.items()}
+        record["train_acc"] = 100.0 * correct / max(seen, 1)
+        record["lr"] = optimizer.param_groups[0]["lr"]
+        record.update({k: float(v) for k, v in method.learned_scalars().items()})
+        record["epoch"] = epoch
+        result.history.append(record)
+        if run is not None:
+            run.log_epoch(epoch, record)
+            run.save_checkpoint({"method": method.trainable_state_dict(), "optimizer": optimizer.state_dict(),
+                                 "scaler": scaler.state_dict() if scaler else None,
+                                 "history": result.history, "steps": result.steps}, epoch)
+            run.set_progress((epoch + 1) / cfg.epochs, f"epoch {epoch + 1}/{cfg.epochs} loss {record['loss']:.4f}")
+    if image_dataset is not None:
+        result.skipped_images = len(image_dataset.skipped)
+    return result
+
+
+def _fit_closed_form(method, ds, cfg, seed, device, run, cache, result: FitResult) -> FitResult:
+    backbone = method.backbone
+    transform = train_transform(backbone.image_size, backbone.mean, backbone.std, scale=cfg.crop_scale, flip=cfg.flip)
+    enc = encode_images(backbone, ds.train, ds.image_root, transform, views=cfg.feature_views, seed=seed,
+                        cache=cache, desc=f"{ds.name}/train features")
+    val = None
+    if ds.val:
+        from ..data.transforms import test_transform
+
+        val = encode_images(backbone, ds.val, ds.image_root,
+                            test_transform(backbone.image_size, backbone.mean, backbone.std), cache=cache,
+                            desc=f"{ds.name}/val features")
+    scalars = method.fit_closed_form(enc.features, enc.labels, val.features[0] if val else None,
+                                     val.labels if val else None)
+    record = {"epoch": 0, **{k: float(v) for k, v in scalars.items()}}
+    result.history.append(record)
+    if run is not None:
+        run.log_epoch(0, record)
+        run.set_progress(1.0, "fitted")
+    return result

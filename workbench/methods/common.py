@@ -1,0 +1,77 @@
+"""Pieces several methods share: CLIP logits, frozen zero-shot class features, learnable text context."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbone import EMBED, CallableTokens
+from ..engine.features import class_text_features
+
+
+def clip_logits(backbone, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """logit_scale · cos(image, class) for every pair: [B, C] (or [B, C] from per-image [B, C, D])."""
+    img = F.normalize(image_features, dim=-1)
+    txt = F.normalize(text_features, dim=-1)
+    scale = backbone.logit_scale.to(img.dtype)
+    if txt.dim() == 3:
+        return scale * torch.einsum("bd,bcd->bc", img, txt)
+    return scale * img @ txt.t()
+
+
+def zero_shot_text_features(backbone, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """Frozen CLIP class embeddings (template ensemble), computed with every extension disabled."""
+    with backbone.extensions_disabled():
+        return class_text_features(backbone, classnames, templates).to(backbone.device)
+
+
+class TextContext(nn.Module):
+    """CoOp's learnable context: prompts "X X … X {class}." whose K placeholder embeddings are
+    replaced by learnable vectors (shared, or one set per class), through a placeholder token
+    injection at the text tower's embedding stage. `deep_stages` adds per-layer replacements."""
+
+    def __init__(self, backbone, n_ctx: int = 16, ctx_init: str = "", num_classes: int | None = None,
+                 init_std: float = 0.02, name: str = "ctx"):
+        super().__init__()
+        self.backbone_ref = [backbone]  # not a submodule: the method owns the backbone
+        width = backbone.text.width
+        if ctx_init:
+            ctx_init = ctx_init.replace("_", " ").strip()
+            tokens = backbone.tokenize([ctx_init])
+            n_ctx = int(tokens.argmax(-1).item()) - 1  # tokens between start- and end-of-text
+            with torch.no_grad():
+                init = backbone.text.embed(tokens)[0, 1:1 + n_ctx].float()
+            self.prefix = ctx_init
+        else:
+            init = torch.randn(n_ctx, width) * init_std
+            self.prefix = " ".join(["X"] * n_ctx)
+        self.n_ctx = n_ctx
+        self.class_specific = num_classes is not None
+        if self.class_specific:
+            init = init.unsqueeze(0).repeat(num_classes, 1, 1)
+        self.ctx = nn.Parameter(init.clone())
+        self.injection_name = name
+        self._per_prompt_ctx: torch.Tensor | None = None
+        backbone.text.add_injection(name, CallableTokens(self._tokens, n_ctx, stages=[EMBED], placeholder=True))
+
+    def _tokens(self, stage, batch_size):
+        if self._per_prompt_ctx is not None:
+            return self._per_prompt_ctx
+        return self.ctx if self.class_specific else self.ctx.unsqueeze(0)
+
+    def prompts(self, classnames: Sequence[str]) -> list[str]:
+        return [f"{self.prefix} {c.replace('_', ' ')}." for c in classnames]
+
+    def tokenized(self, classnames: Sequence[str]) -> torch.Tensor:
+        return self.backbone_ref[0].tokenize(self.prompts(classnames))
+
+    def encode(self, tokens: torch.Tensor, per_prompt_ctx: torch.Tensor | None = None) -> torch.Tensor:
+        """Text features of tokenized prompts with the current context; `per_prompt_ctx` [N, K, width]
+        overrides it per prompt (CoCoOp's image-conditioned context)."""
+        self._per_prompt_ctx = per_prompt_ctx
+        try:
+            return self.backbone_ref[0].encode_text(tokens)
+        finally:
+            self._per_prompt_ctx = None

@@ -1,0 +1,60 @@
+"""CoOp (Zhou et al., IJCV 2022): learnable text context shared by all classes (or class-specific)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .base import LossOutput, Method, Preset, register_method
+from .common import TextContext, clip_logits
+
+
+@dataclass
+class CoOpConfig:
+    n_ctx: int = 16
+    ctx_init: str = ""  # e.g. "a photo of a": context initialised from these words (n_ctx = their tokens)
+    class_specific: bool = False
+
+
+TOY_TRAIN = {"optimizer": "sgd", "lr": 0.02, "batch_size": 32, "epochs": 10, "warmup_epochs": 1,
+             "warmup_lr": 1e-4, "crop_scale": (0.5, 1.0)}
+
+
+@register_method
+class CoOp(Method):
+    name = "coop"
+    Config = CoOpConfig
+    presets = {
+        "default": Preset({"n_ctx": 16}, {"optimizer": "sgd", "lr": 0.002, "batch_size": 32, "epochs": 200},
+                          "few-shot: 16 random context tokens, SGD 0.002, 200 epochs (CoOp, 8/16 shots)"),
+        "base_to_novel": Preset({"n_ctx": 4, "ctx_init": "a photo of a"},
+                                {"optimizer": "sgd", "lr": 0.002, "batch_size": 32, "epochs": 10},
+                                "base-to-novel as reported by CoCoOp/KgCoOp: 4 tokens from 'a photo of a'"),
+        "toy": Preset({"n_ctx": 4, "ctx_init": "a photo of a"}, TOY_TRAIN, "embedded toy world, CPU budget"),
+    }
+
+    def __init__(self, backbone, task, config):
+        super().__init__(backbone, task, config)
+        self.context = TextContext(backbone, config.n_ctx, config.ctx_init,
+                                   num_classes=len(task.classnames) if config.class_specific else None)
+        self.register_buffer("train_tokens", self.context.tokenized(task.classnames), persistent=False)
+
+    def class_features(self, tokens):
+        return self.context.encode(tokens)
+
+    def training_loss(self, images, labels):
+        with torch.no_grad():
+            image_features = self.backbone.encode_image(images)
+        logits = clip_logits(self.backbone, image_features, self.class_features(self.train_tokens))
+        return LossOutput(F.cross_entropy(logits, labels), logits=logits.detach())
+
+    def prepare_eval(self, task, domain):
+        super().prepare_eval(task, domain)
+        if self.config.class_specific and tuple(task.classnames) != tuple(self.task.classnames):
+            raise ValueError("class-specific context cannot score classes it was not trained on")
+        with torch.no_grad():
+            self.eval_text = self.class_features(self.context.tokenized(task.classnames))
+
+    def eval_logits(self, images):
+        return clip_logits(self.backbone, self.backbone.encode_image(images), self.eval_text)

@@ -1,0 +1,29 @@
+"""Zero-shot CLIP: class embeddings from prompt templates (an ensemble when there are several)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..engine.features import class_text_features
+from .base import Method, Preset, register_method
+from .common import clip_logits
+
+
+@dataclass
+class ZeroShotConfig:
+    templates: tuple[str, ...] | None = None  # None: the dataset's templates
+
+
+@register_method
+class ZeroShotCLIP(Method):
+    name = "zeroshot"
+    Config = ZeroShotConfig
+    presets = {"default": Preset(description="dataset templates, no training")}
+    trainable = False
+
+    def prepare_eval(self, task, domain):
+        super().prepare_eval(task, domain)
+        templates = self.config.templates or task.templates
+        self.text_features = class_text_features(self.backbone, task.classnames, templates).to(self.backbone.device)
+
+    def eval_logits(self, images):
+        return clip_logits(self.backbone, self.backbone.encode_image(images), self.text_features)

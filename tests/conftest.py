@@ -61,3 +61,34 @@ def make_color_dataset(root, per_class: int = 3, size: int = 48, seed: int = 0) 
 @pytest.fixture
 def color_dataset(tmp_path):
     return make_color_dataset(tmp_path / "colors")
+
+
+# steps of the short pretraining used by tests that need a CLIP that knows the toy world
+TEST_PRETRAIN_STEPS = int(os.environ.get("WORKBENCH_TEST_PRETRAIN_STEPS", "150"))
+
+
+@pytest.fixture(scope="session")
+def toy_data_root(isolated_workbench_cache):
+    """The toy datasets rendered once per test session (into the session's cache)."""
+    from workbench.data.toy.datasets import build_all
+    from workbench.paths import toy_data_root as root
+
+    build_all(root())
+    return root()
+
+
+@pytest.fixture(scope="session")
+def toy_model_dir(isolated_workbench_cache, toy_data_root):
+    """A tiny CLIP pretrained briefly on the toy world (session-cached local-dir folder)."""
+    from workbench.data.toy.pretrain import pretrain
+
+    return pretrain(isolated_workbench_cache / "models" / "toy-clip-test", steps=TEST_PRETRAIN_STEPS,
+                    measure=False, progress=False)
+
+
+@pytest.fixture
+def toy_backbone(toy_model_dir):
+    """A fresh backbone (no extensions attached) over the briefly pretrained toy CLIP."""
+    from workbench.backbone import CLIPBackbone
+
+    return CLIPBackbone.from_pretrained(f"local-dir:{toy_model_dir}")

@@ -1,0 +1,121 @@
+"""Protocols end to end on fabricated CoOp-layout data with the tiny random-init backbone:
+metrics, predictions, skip-if-done, force, resume after a killed process, the run command."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_fixtures import make_eurosat, make_imagenet_family
+from workbench.analysis.metrics import accuracy, harmonic_mean
+from workbench.cli import main as cli_main
+from workbench.protocols import execute
+from workbench.runs import Registry, RunSpec
+
+TINY = "wb-tiny-vit"
+
+
+@pytest.fixture
+def data_root(tmp_path):
+    make_eurosat(tmp_path)
+    make_imagenet_family(tmp_path)
+    return tmp_path
+
+
+def coop_spec(epochs=2, seed=1):
+    return RunSpec(method="coop", protocol="base_to_novel", datasets=("eurosat",), shots=4, seed=seed,
+                   backbone=TINY, method_config={"preset": "toy"},
+                   overrides={"train.epochs": epochs, "train.batch_size": 4})
+
+
+def test_base_to_novel_records_metrics_and_predictions(data_root, tmp_path):
+    reg = Registry(tmp_path / "runs")
+    run = execute(coop_spec(), reg, data_root=str(data_root), progress=False)
+    m = run.metrics
+    assert run.status == "done" and m["hm"] == pytest.approx(harmonic_mean(m["base"], m["new"]))
+    preds = run.load_predictions()
+    assert m["base"] == pytest.approx(accuracy(preds["base"]["labels"], preds["base"]["preds"]))
+    assert m["new"] == pytest.approx(accuracy(preds["new"]["labels"], preds["new"]["preds"]))
+    # the corrupt Forest test image (a base class) is skipped and counted, not fatal
+    assert m["base_skipped_images"] == 1 and len(preds["base"]["labels"]) == 3 * 2 - 1
+    history = reg.history(run)
+    assert list(history["epoch"]) == [0, 1] and {"loss", "train_acc", "lr"} <= set(history.columns)
+
+
+def test_done_runs_are_skipped_and_force_reruns(data_root, tmp_path):
+    reg = Registry(tmp_path / "runs")
+    first = execute(coop_spec(), reg, data_root=str(data_root), progress=False)
+    stamp = (first.dir / "metrics.json").stat().st_mtime_ns
+    again = execute(coop_spec(), reg, data_root=str(data_root), progress=False)
+    assert again.hash == first.hash and (again.dir / "metrics.json").stat().st_mtime_ns == stamp
+    forced = execute(coop_spec(), reg, data_root=str(data_root), progress=False, force=True)
+    assert (forced.dir / "metrics.json").stat().st_mtime_ns != stamp
+    assert forced.metrics["base"] == first.metrics["base"]  # same seed, same result
+
+
+RUNNER = """
+import sys, json
+from workbench.protocols import execute
+from workbench.runs import Registry, RunSpec
+spec = RunSpec.from_dict(json.loads(sys.argv[1]))
+run = execute(spec, Registry(sys.argv[2]), data_root=sys.argv[3], progress=False)
+print(json.dumps(run.metrics))
+"""
+
+
+def test_killed_run_resumes_to_the_same_result(data_root, tmp_path):
+    spec = coop_spec(epochs=6)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    args = [sys.executable, "-c", RUNNER, json.dumps(spec.to_dict()), str(tmp_path / "killed"), str(data_root)]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "killed" / spec.short_hash / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not list(checkpoints.glob("*.pt")):
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, check=True)
+    resumed_metrics = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert "resumed_from_epoch" in resumed_metrics
+    straight = execute(spec, Registry(tmp_path / "straight"), data_root=str(data_root), progress=False)
+    for key in ("base", "new", "hm"):
+        assert resumed_metrics[key] == straight.metrics[key]
+    killed_reg = Registry(tmp_path / "killed")
+    a = killed_reg.get(spec.hash).load_predictions()
+    b = straight.load_predictions()
+    assert np.array_equal(a["new"]["logits"], b["new"]["logits"])
+    assert list(killed_reg.history(spec.hash)["loss"]) == list(straight.history()["loss"])
+
+
+def test_domain_generalization_and_cross_dataset_zero_shot(data_root, tmp_path):
+    reg = Registry(tmp_path / "runs")
+    dg = execute(RunSpec(method="zeroshot", protocol="domain_generalization",
+                         datasets=("imagenet", "imagenetv2", "imagenet_a"), shots=2, seed=1, backbone=TINY),
+                 reg, data_root=str(data_root), progress=False)
+    m = dg.metrics
+    assert set(m) >= {"imagenet", "imagenetv2", "imagenet_a", "average"}
+    assert m["average"] == pytest.approx((m["imagenetv2"] + m["imagenet_a"]) / 2)
+    assert len(dg.load_predictions("imagenet_a")["labels"]) == 2 * 3  # the 2-class subset of ImageNet-A
+    cross = execute(RunSpec(method="zeroshot", protocol="cross_dataset", datasets=("imagenet", "fgvc_aircraft"),
+                            shots=2, seed=1, backbone=TINY), reg, data_root=str(data_root), progress=False)
+    assert cross.metrics["average"] == cross.metrics["fgvc_aircraft"]
+
+
+def test_run_command(data_root, tmp_path, capsys):
+    code = cli_main(["run", "--method", "coop", "--dataset", "eurosat", "--shots", "2", "--seed", "1", "2",
+                     "--backbone", TINY, "--set", "train.epochs=1", "--set", "n_ctx=2", "--root", str(data_root),
+                     "--registry", str(tmp_path / "runs"), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.count("coop  base_to_novel") == 2 and "hm" in out
+    runs = Registry(tmp_path / "runs").list()
+    assert sorted(runs["seed"]) == [1, 2] and set(runs["status"]) == {"done"}
+    assert cli_main(["run", "--method", "coop", "--set", "nctx=2", "--registry", str(tmp_path / "r2")]) == 2
+    assert "no setting 'nctx'" in capsys.readouterr().err

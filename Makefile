@@ -2,7 +2,7 @@
 PYTHON_BIN ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= dev
+EXTRAS ?= dev,app,notebooks
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)-$(EXTRAS)
 
 .PHONY: install demo test test-all clean-venv

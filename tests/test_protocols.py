@@ -119,3 +119,18 @@ def test_run_command(data_root, tmp_path, capsys):
     assert sorted(runs["seed"]) == [1, 2] and set(runs["status"]) == {"done"}
     assert cli_main(["run", "--method", "coop", "--set", "nctx=2", "--registry", str(tmp_path / "r2")]) == 2
     assert "no setting 'nctx'" in capsys.readouterr().err
+
+
+def test_embeddings_are_stored_for_plots(data_root, tmp_path):
+    from workbench.protocols.base import load_embeddings
+
+    run = execute(RunSpec(method="zeroshot", protocol="few_shot", datasets=("eurosat",), shots=2, seed=1,
+                          backbone=TINY), Registry(tmp_path / "runs"), data_root=str(data_root), progress=False)
+    stored = load_embeddings(run.dir, "test")
+    preds = run.load_predictions("test")
+    assert stored["image"].shape[0] == len(preds["labels"]) and stored["classes"].shape[0] == 5
+    # the stored embeddings reproduce the stored logits: scale * cos(image, class)
+    import torch
+    img = torch.nn.functional.normalize(torch.tensor(stored["image"]).float(), dim=-1)
+    cls = torch.nn.functional.normalize(torch.tensor(stored["classes"]).float(), dim=-1)
+    assert np.array_equal((img @ cls.T).argmax(-1).numpy(), preds["preds"])

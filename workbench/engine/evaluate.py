@@ -14,7 +14,10 @@ from .zeroshot import EvalResult
 
 @torch.no_grad()
 def evaluate(method, ds: DatasetSplits, split: str = "test", domain: str = "base", *, device="cpu",
-             batch_size: int = 128, cache: FeatureCache | None = None, progress: bool = True) -> EvalResult:
+             batch_size: int = 128, cache: FeatureCache | None = None, progress: bool = True,
+             max_embeddings: int = 0) -> EvalResult:
+    """Top-1 etc. of `method` on `ds[split]`. With `max_embeddings` > 0, the first that many image
+    embeddings (and the class embeddings) are kept in `result.extra` for plots."""
     from ..methods.base import ClassTask
 
     device = torch.device(device)
@@ -25,11 +28,22 @@ def evaluate(method, ds: DatasetSplits, split: str = "test", domain: str = "base
     samples = ds.split(split)
     if not samples:
         raise ValueError(f"{ds.name} has no {split} samples")
-    logits, labels = [], []
+    logits, labels, embeddings = [], [], []
+    kept = 0
+
+    def keep_embeddings(inputs):
+        nonlocal kept
+        if kept < max_embeddings:
+            emb = method.eval_embeddings(inputs[: max_embeddings - kept]).float().cpu()
+            embeddings.append(emb)
+            kept += emb.shape[0]
+
     if method.inputs == "features":
         enc = encode_images(backbone, samples, ds.image_root, transform, cache=cache, desc=f"{ds.name}/{split}")
         for start in range(0, enc.labels.shape[0], batch_size):
-            logits.append(method.eval_logits(enc.features[0, start:start + batch_size].to(device)).float().cpu())
+            chunk = enc.features[0, start:start + batch_size].to(device)
+            logits.append(method.eval_logits(chunk).float().cpu())
+            keep_embeddings(chunk)
         labels = [enc.labels]
     else:
         loader = DataLoader(ImageDataset(samples, ds.image_root, transform), batch_size=batch_size,
@@ -37,9 +51,17 @@ def evaluate(method, ds: DatasetSplits, split: str = "test", domain: str = "base
         for batch in tqdm(loader, desc=f"eval {ds.name}/{split}", leave=False, disable=not progress):
             if batch is None:
                 continue
-            logits.append(method.eval_logits(batch[0].to(device)).float().cpu())
+            images = batch[0].to(device)
+            logits.append(method.eval_logits(images).float().cpu())
             labels.append(batch[1])
+            keep_embeddings(images)
     logits_t = torch.cat(logits) if logits else torch.empty(0, ds.num_classes)
     labels_t = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
+    extra = {"domain": domain}
+    if embeddings:
+        extra["image_embeddings"] = torch.cat(embeddings).numpy()
+        classes = method.eval_class_embeddings()
+        if classes is not None:
+            extra["class_embeddings"] = classes.float().cpu().numpy()
     return EvalResult(ds.name, split, list(ds.classnames), labels_t.numpy(), logits_t.argmax(-1).numpy(),
-                      logits_t.numpy(), skipped=len(samples) - labels_t.shape[0], extra={"domain": domain})
+                      logits_t.numpy(), skipped=len(samples) - labels_t.shape[0], extra=extra)

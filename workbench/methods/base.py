@@ -109,6 +109,17 @@ class Method(nn.Module):
     def eval_logits(self, inputs: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def eval_embeddings(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Image embeddings the method scores with (for similarity histograms and t-SNE/UMAP);
+        default: the frozen backbone's image features (or the cached features themselves)."""
+        if self.inputs == "features":
+            return inputs
+        return self.backbone.encode_image(inputs)
+
+    def eval_class_embeddings(self) -> torch.Tensor | None:
+        """Class embeddings [C, D] of the current evaluation classes, if the method has them."""
+        return getattr(self, "eval_text", None)
+
     # -- state --------------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         names = {id(p) for p in self.trainable_parameters()}

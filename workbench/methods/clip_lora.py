@@ -53,5 +53,8 @@ class CLIPLoRA(Method):
         super().prepare_eval(task, domain)
         self.eval_text = class_text_features(self.backbone, task.classnames, [self.config.template])
 
+    def eval_embeddings(self, images):
+        return self.backbone.encode_image(images)  # the LoRA-adapted image tower
+
     def eval_logits(self, images):
         return clip_logits(self.backbone, self.backbone.encode_image(images), self.eval_text.to(images.device))

@@ -23,7 +23,7 @@ class ZeroShotCLIP(Method):
     def prepare_eval(self, task, domain):
         super().prepare_eval(task, domain)
         templates = self.config.templates or task.templates
-        self.text_features = class_text_features(self.backbone, task.classnames, templates).to(self.backbone.device)
+        self.eval_text = class_text_features(self.backbone, task.classnames, templates).to(self.backbone.device)
 
     def eval_logits(self, images):
-        return clip_logits(self.backbone, self.backbone.encode_image(images), self.text_features)
+        return clip_logits(self.backbone, self.backbone.encode_image(images), self.eval_text)

@@ -101,13 +101,46 @@ def train(ctx: RunContext, method, train_ds) -> None:
         ctx.metrics["resumed_from_epoch"] = result.resumed_from_epoch
 
 
+MAX_SAVED_EMBEDDINGS = 2000  # image embeddings kept per evaluated split, for the app's plots
+
+
 def score(ctx: RunContext, method, ds, domain: str, key: str) -> float:
     cfg = train_config_for(ctx.spec)
     result = evaluate(method, ds, "test", domain, device=ctx.device, batch_size=cfg.eval_batch_size,
-                      cache=ctx.cache, progress=ctx.progress)
+                      cache=ctx.cache, progress=ctx.progress, max_embeddings=MAX_SAVED_EMBEDDINGS)
     ctx.run.save_predictions(key, result.labels, result.predictions, result.logits.astype(np.float16))
+    save_embeddings(ctx.run, key, result)
     ctx.metrics[f"{key}_skipped_images"] = result.skipped
     return result.top1
+
+
+def save_embeddings(run, key: str, result) -> None:
+    """embeddings.npz in the run folder: `<key>/image` [n, D], `<key>/labels` [n], `<key>/classes`
+    [C, D] (when the method has class embeddings) and `<key>/classnames`."""
+    image = result.extra.get("image_embeddings")
+    if image is None:
+        return
+    path = run.dir / "embeddings.npz"
+    arrays = dict(np.load(path, allow_pickle=False)) if path.exists() else {}
+    arrays[f"{key}/image"] = image.astype(np.float16)
+    arrays[f"{key}/labels"] = result.labels[: len(image)]
+    arrays[f"{key}/classnames"] = np.array(result.classnames)
+    if "class_embeddings" in result.extra:
+        arrays[f"{key}/classes"] = result.extra["class_embeddings"].astype(np.float16)
+    tmp = path.with_name("embeddings.tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def load_embeddings(run_dir, key: str) -> dict:
+    """What `save_embeddings` stored for one evaluated split (empty dict when nothing was)."""
+    from pathlib import Path
+
+    path = Path(run_dir) / "embeddings.npz"
+    if not path.exists():
+        return {}
+    with np.load(path, allow_pickle=False) as z:
+        return {name.split("/", 1)[1]: z[name] for name in z.files if name.split("/", 1)[0] == key}
 
 
 def execute(spec: RunSpec, registry: Registry | None = None, *, device: str | None = None,

@@ -1,0 +1,34 @@
+"""CLIP Adaptation Workbench app: `streamlit run app/main.py`.
+
+Pages (app/views/, registered with st.navigation; not `pages/`, which Streamlit would also
+auto-discover): Runs (the registry, live progress), Launch (start `workbench run` in the background),
+Results (ours beside the papers), Run detail (curves, similarities, embeddings, confusion). The registry is `$WORKBENCH_RUNS` (default `workbench.paths.runs_dir()`). The app holds no
+method logic: it calls `workbench.runs`, `workbench.analysis` and `workbench.runs.launcher`.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+APP_DIR = Path(__file__).resolve().parent
+if str(APP_DIR) not in sys.path:  # `appcore` lives beside this file
+    sys.path.insert(0, str(APP_DIR))
+
+import streamlit as st  # noqa: E402
+
+import appcore  # noqa: E402
+
+st.set_page_config(page_title="CLIP Adaptation Workbench", page_icon="🧪", layout="wide")
+
+PAGES = [
+    st.Page(str(APP_DIR / "views" / "runs.py"), title="Runs", icon="📋", default=True),
+    st.Page(str(APP_DIR / "views" / "launch.py"), title="Launch", icon="🚀", url_path="launch"),
+    st.Page(str(APP_DIR / "views" / "results.py"), title="Results", icon="📊", url_path="results"),
+    st.Page(str(APP_DIR / "views" / "run_detail.py"), title="Run detail", icon="🔎", url_path="run"),
+]
+
+page = st.navigation(PAGES)
+with st.sidebar:
+    st.caption("CLIP Adaptation Workbench")
+    st.caption(f"Registry: `{appcore.runs_root()}`")
+page.run()

@@ -1,0 +1,207 @@
+"""Run detail: spec, status, metrics; training curves, similarity histograms, t-SNE / UMAP, confusion."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import appcore
+from workbench.analysis import embeddings as emb
+from workbench.analysis import figures
+from workbench.analysis.metrics import confusion_matrix, per_class_accuracy
+from workbench.protocols.base import load_embeddings
+
+VIEWS = {"curves": "Training curves", "similarity": "Similarities", "embeddings": "Embeddings",
+         "confusion": "Confusion", "log": "Log"}
+
+st.title("Run detail")
+reg = appcore.registry()
+runs = appcore.list_runs(reg)
+if runs.empty:
+    st.info(f"No runs yet in `{reg.root}`. Launch one on the Launch page.")
+    st.page_link("views/launch.py", label="Launch a run", icon="🚀")
+    st.stop()
+
+labels = {row["short_hash"]: appcore.run_label(row) for _, row in runs.iloc[::-1].iterrows()}
+options = list(labels)
+wanted = str(st.query_params.get("run", "")).strip().lower()
+if wanted and wanted != st.session_state.get("d_run_param"):  # a link / switch_page asked for this run
+    st.session_state["d_run_param"] = wanted
+    match = [h for h in options if h.startswith(wanted)]
+    if len(match) == 1:
+        st.session_state["d_run"] = match[0]
+    else:
+        st.error(f"No run {wanted!r} in `{reg.root}`" if not match else f"Run prefix {wanted!r} is ambiguous")
+if st.session_state.get("d_run") not in options:
+    st.session_state.pop("d_run", None)
+short = st.selectbox("Run", options, format_func=labels.get, key="d_run")
+st.query_params["run"] = st.session_state["d_run_param"] = short
+run = reg.get(short)
+row = runs[runs["short_hash"] == short].iloc[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# status, metrics, spec
+# ------------------------------------------------------------------------------------------------
+@st.fragment(run_every=2.0 if row["status"] in appcore.ACTIVE else None)
+def status_panel() -> None:
+    info = run.info()
+    status = info["status"]
+    c1, c2, c3 = st.columns([1, 2, 1])
+    c1.metric("Status", f"{appcore.STATUS_ICONS.get(status, '')} {status}")
+    with c2:
+        st.progress(float(info["progress"]), text=info["message"] or f"{100 * float(info['progress']):.0f}%")
+    c3.metric("Epochs logged", len(reg.history(run)))
+    if info.get("error"):
+        st.error(f"Run failed: {info['error']} (traceback in the Log view)")
+    if status in appcore.ACTIVE:
+        st.caption("Refreshing every 2 s while the run is active.")
+    elif row["status"] in appcore.ACTIVE:  # it just finished: redraw the whole page (metrics, plots)
+        st.rerun()
+
+
+status_panel()
+c1, c2 = st.columns(2)
+with c1:
+    st.markdown("**Metrics**")
+    metrics = run.metrics
+    if metrics:
+        flat = pd.DataFrame({"metric": list(appcore.flatten(metrics)),
+                             "value": [appcore.format_value(v) for v in appcore.flatten(metrics).values()]})
+        st.dataframe(flat, hide_index=True, width="stretch", key="d_metrics")
+    else:
+        st.caption("No final metrics yet.")
+with c2:
+    st.markdown("**Spec**")
+    spec = run.spec.to_dict()
+    shown = {k: (", ".join(v) if k == "datasets" else json.dumps(v, sort_keys=True) if isinstance(v, dict) else
+                 "" if v is None else str(v)) for k, v in spec.items()}
+    st.dataframe(pd.DataFrame({"field": list(shown), "value": list(shown.values())}), hide_index=True,
+                 width="stretch", key="d_spec")
+    st.caption(f"hash `{run.hash}` · folder `{run.dir}`")
+
+view_param = str(st.query_params.get("view", ""))
+if view_param in VIEWS and view_param != st.session_state.get("d_view_param"):
+    st.session_state["d_view"] = view_param
+view = st.radio("View", list(VIEWS), format_func=VIEWS.get, horizontal=True, key="d_view",
+                label_visibility="collapsed")
+st.query_params["view"] = st.session_state["d_view_param"] = view
+st.divider()
+
+stored_keys = emb.stored_keys(run.dir)
+predictions = run.load_predictions()
+split_keys = list(dict.fromkeys(stored_keys + sorted(predictions, key=emb._key_order)))
+
+
+def classnames_for(key: str) -> list[str] | None:
+    names = load_embeddings(run.dir, key).get("classnames")
+    return [str(c) for c in names] if names is not None else None
+
+
+# ------------------------------------------------------------------------------------------------
+# views
+# ------------------------------------------------------------------------------------------------
+@st.fragment(run_every=2.0 if row["status"] in appcore.ACTIVE else None)
+def curves_view() -> None:
+    """Training curves; redrawn every 2 s while the run is active (a new epoch, a new point)."""
+    history = reg.history(run)
+    columns = figures.numeric_history_columns(history) if not history.empty else []
+    if history.empty or not columns:
+        st.info("No per-epoch history for this run (zero-shot runs train nothing; running runs log after "
+                "each epoch).")
+    else:
+        c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
+        chosen = c1.multiselect("Series", columns, default=columns, key="d_series",
+                                help="loss, accuracy, learning rate and any learned scalars the method reports")
+        separate = c2.toggle("One panel per series", value=True, key="d_separate")
+        if chosen:
+            st.plotly_chart(figures.history_figure(history, chosen, separate=separate, title=None), key="d_history")
+        with st.expander("History table"):
+            st.dataframe(history, hide_index=True, width="stretch")
+
+
+if view == "curves":
+    curves_view()
+elif view == "similarity":
+    if not split_keys:
+        st.info("This run stored no embeddings or predictions (yet).")
+    else:
+        key = st.selectbox("Split", split_keys, key="d_sim_split")
+        stored = load_embeddings(run.dir, key)
+        if "image" in stored and "classes" in stored:
+            fig = figures.similarity_histogram(image=stored["image"], classes=stored["classes"],
+                                               labels=stored["labels"], title=f"{key}: true-class vs other-class cosine")
+            st.plotly_chart(fig, key="d_similarity")
+            st.caption(f"Cosine between each stored image embedding ({len(stored['image'])}) and its own class's "
+                       "text embedding vs every other class's.")
+        elif key in predictions and "logits" in predictions[key]:
+            p = predictions[key]
+            fig = figures.similarity_histogram(logits=p["logits"], labels=p["labels"],
+                                               title=f"{key}: true-class vs other-class scores")
+            st.plotly_chart(fig, key="d_similarity")
+            st.caption("This method stored no class embeddings, so these are its output scores (logits), not cosines.")
+        else:
+            st.info(f"No class embeddings or logits stored for {key!r}.")
+
+elif view == "embeddings":
+    if not stored_keys:
+        st.info("This run stored no image embeddings (yet).")
+    else:
+        b2n = {"base", "new"} <= set(stored_keys)
+        choices = (["base + new"] if b2n else []) + stored_keys
+        c1, c2, c3 = st.columns([2, 2, 1])
+        which = c1.selectbox("Images of", choices, key="d_emb_split")
+        keys = ["base", "new"] if which == "base + new" else [which]
+        color_by = c2.radio("Colour by", ["group", "class"], horizontal=True, key="d_emb_color",
+                            format_func=lambda v: "base vs new classes" if v == "group" else "class",
+                            index=0 if which == "base + new" else 1)
+        cap = int(c3.number_input("Max points", 50, emb.DEFAULT_CAP * 5, emb.DEFAULT_CAP, step=50, key="d_emb_cap"))
+        pts = emb.stacked_embeddings(run.dir, keys)
+        mtime = (run.dir / "embeddings.npz").stat().st_mtime_ns
+
+        @st.cache_data(show_spinner=False, max_entries=32)
+        def projected(run_dir: str, keys: tuple, method: str, cap: int, mtime: int):
+            p = emb.stacked_embeddings(run_dir, list(keys))
+            return emb.project(p.image, method, random_state=0, cap=cap)
+
+        cols = st.columns(2)
+        for col, method in zip(cols, ("tsne", "umap")):
+            with col:
+                note = " (the first UMAP in a session compiles numba code: up to a minute)" if method == "umap" else ""
+                with st.spinner(f"{emb.LABELS[method]} of {min(len(pts.image), cap)} points{note}…"):
+                    xy = projected(str(run.dir), tuple(keys), method, cap, mtime)
+                st.plotly_chart(figures.embedding_scatter(
+                    xy.coords, classnames=pts.classname[xy.index], groups=pts.group[xy.index], color_by=color_by,
+                    title=f"{emb.LABELS[method]} · {which} ({len(xy.index)} images)"), key=f"d_{method}")
+        st.caption("Stored image embeddings (L2-normalised), projected with a fixed random_state; "
+                   f"subsampled to at most {cap} points.")
+
+elif view == "confusion":
+    if not predictions:
+        st.info("This run has no stored predictions (yet).")
+    else:
+        keys = sorted(predictions, key=emb._key_order)
+        c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+        key = c1.selectbox("Split", keys, key="d_conf_split")
+        normalize = c2.toggle("Row %", value=False, key="d_conf_norm")
+        p = predictions[key]
+        names = classnames_for(key)
+        st.plotly_chart(figures.confusion_heatmap(p["labels"], p["preds"], names, normalize=normalize,
+                                                  title=f"{key}: confusion matrix ({len(p['labels'])} images)"),
+                        key="d_confusion")
+        num = max(len(names or []), int(np.max(p["labels"], initial=-1)) + 1, int(np.max(p["preds"], initial=-1)) + 1)
+        matrix = confusion_matrix(p["labels"], p["preds"], num)
+        names = (names or []) + [f"class {i}" for i in range(len(names or []), num)]
+        st.dataframe(pd.DataFrame({"class": names, "images": matrix.sum(axis=1),
+                                   "accuracy (%)": per_class_accuracy(matrix)}),
+                     hide_index=True, width="stretch", key="d_per_class",
+                     column_config={"accuracy (%)": st.column_config.NumberColumn(format="%.1f")})
+
+elif view == "log":
+    text = run.read_log()
+    st.code(text[-20000:] if text else "(empty log)", language=None)
+    st.caption(f"`{run.dir / 'log.txt'}`")
+    spec_json = json.dumps({**run.spec.to_dict(), "hash": run.hash}, indent=2)
+    st.download_button("Download spec.json", spec_json, file_name=f"{short}_spec.json", key="d_spec_dl")

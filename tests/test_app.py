@@ -1,0 +1,344 @@
+"""The Streamlit app (app/main.py) through streamlit.testing's AppTest, every page: empty registry
+(friendly empty states) and a registry holding a real tiny run (CoOp, base-to-novel on fabricated
+EuroSAT, random-init tiny CLIP); the launch form's validation and the argument list it starts."""
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from data_fixtures import make_eurosat  # noqa: E402
+from workbench.analysis.metrics import confusion_matrix  # noqa: E402
+from workbench.runs import Registry, RunSpec, launcher  # noqa: E402
+
+APP = Path(__file__).resolve().parents[1] / "app" / "main.py"
+TIMEOUT = 240  # seconds per script run: first imports and the first UMAP (numba compile) on a busy 2-CPU box
+
+
+def app(monkeypatch, registry_root, data_root=None) -> AppTest:
+    monkeypatch.setenv("WORKBENCH_RUNS", str(registry_root))
+    if data_root is not None:
+        monkeypatch.setenv("WORKBENCH_DATA", str(data_root))
+    else:
+        monkeypatch.delenv("WORKBENCH_DATA", raising=False)
+    return AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+
+
+def no_exceptions(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def chart_specs(at: AppTest) -> list[dict]:
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def arr(value) -> np.ndarray:
+    """A plotly JSON array: a plain list, or plotly's typed-array form {"dtype", "bdata"[, "shape"]}."""
+    if isinstance(value, dict) and "bdata" in value:
+        out = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        shape = value.get("shape")
+        if shape:
+            out = out.reshape([int(v) for v in str(shape).split(",")])
+        return out
+    return np.asarray(value)
+
+
+def frame(at: AppTest, column: str):
+    """The value of the first st.dataframe with `column` (plain dataframes carry no key in AppTest)."""
+    for df in at.dataframe:
+        if column in df.value.columns:
+            return df.value
+    raise AssertionError(f"no dataframe with a {column!r} column; have {[list(d.value.columns) for d in at.dataframe]}")
+
+
+def texts(at: AppTest) -> str:
+    parts = [e.value for kind in ("info", "error", "success", "warning", "caption", "markdown") for e in getattr(at, kind)]
+    return "\n".join(map(str, parts))
+
+
+@pytest.fixture(scope="module")
+def populated(tmp_path_factory):
+    """A registry with one real finished run: CoOp, 2 epochs, base-to-novel, 2-shot fabricated EuroSAT."""
+    from workbench.protocols import execute
+
+    root = tmp_path_factory.mktemp("app_populated")
+    data = root / "data"
+    make_eurosat(data)
+    reg = Registry(root / "runs")
+    spec = RunSpec(method="coop", protocol="base_to_novel", datasets=("eurosat",), shots=2, seed=1,
+                   backbone="wb-tiny-vit", method_config={"preset": "toy"},
+                   overrides={"train.epochs": 2, "train.batch_size": 4})
+    run = execute(spec, reg, data_root=str(data), progress=False, device="cpu")
+    assert run.status == "done"
+    return reg, run, data
+
+
+# ------------------------------------------------------------------------------------------------
+# empty registry
+# ------------------------------------------------------------------------------------------------
+def test_every_page_has_a_friendly_empty_state(monkeypatch, tmp_path):
+    at = app(monkeypatch, tmp_path / "empty").run()
+    no_exceptions(at)
+    assert at.title[0].value == "Runs" and "No runs yet" in at.info[0].value
+    assert str(tmp_path / "empty") in texts(at)  # the sidebar says which registry this is
+    at.switch_page("views/results.py").run()
+    no_exceptions(at)
+    assert at.title[0].value == "Results" and "No finished runs yet" in at.info[0].value
+    at.switch_page("views/run_detail.py").run()
+    no_exceptions(at)
+    assert at.title[0].value == "Run detail" and "No runs yet" in at.info[0].value
+    at.switch_page("views/launch.py").run()
+    no_exceptions(at)
+    assert at.title[0].value == "Launch runs" and not at.error
+    assert "coop" in at.selectbox(key="l_method").options
+
+
+# ------------------------------------------------------------------------------------------------
+# a registry with a real run
+# ------------------------------------------------------------------------------------------------
+def test_runs_page_lists_the_run_and_opens_its_detail(monkeypatch, populated):
+    reg, run, _ = populated
+    at = app(monkeypatch, reg.root).run()
+    no_exceptions(at)
+    table = frame(at, "progress")
+    assert list(table["run"]) == [run.short_hash] and table["status"].iloc[0].endswith("done")
+    assert table["progress"].iloc[0] == 1.0 and table["method"].iloc[0] == "coop"
+    assert table["hm"].iloc[0] == pytest.approx(run.metrics["hm"])
+    assert table["details"].iloc[0] == f"run?run={run.short_hash}"
+    assert at.toggle(key="runs_autorefresh").value is False  # nothing running
+    at.multiselect(key="f_status").set_value(["done"]).run()
+    assert len(frame(at, "progress")) == 1
+    at.multiselect(key="f_method").set_value(["coop"]).run()
+    assert len(frame(at, "progress")) == 1
+    at.button(key="open_run_button").click().run()
+    no_exceptions(at)
+    assert at.title[0].value == "Run detail" and at.selectbox(key="d_run").value == run.short_hash
+
+
+def test_run_detail_views(monkeypatch, populated):
+    from workbench.protocols.base import load_embeddings
+
+    reg, run, _ = populated
+    at = app(monkeypatch, reg.root)
+    at.query_params["run"] = run.short_hash
+    at.run()
+    at.switch_page("views/run_detail.py").run()
+    no_exceptions(at)
+    assert at.selectbox(key="d_run").value == run.short_hash
+    metrics = frame(at, "metric").set_index("metric")["value"]
+    assert float(metrics["hm"]) == pytest.approx(run.metrics["hm"], abs=0.01)
+
+    # training curves: one line per numeric history column, values from the registry
+    (spec,) = chart_specs(at)
+    history = reg.history(run)
+    assert [t["name"] for t in spec["data"]] == ["loss", "train_acc", "lr"]
+    np.testing.assert_allclose(arr(spec["data"][0]["y"]), history["loss"].to_numpy())
+    at.multiselect(key="d_series").set_value(["loss"]).run()
+    assert [t["name"] for t in chart_specs(at)[0]["data"]] == ["loss"]
+
+    # similarities: the true-class trace holds cos(image, own class)
+    at.radio(key="d_view").set_value("similarity").run()
+    no_exceptions(at)
+    assert at.selectbox(key="d_sim_split").options == ["base", "new"]
+    (spec,) = chart_specs(at)
+    stored = load_embeddings(run.dir, "base")
+    img = stored["image"].astype(np.float64)
+    cls = stored["classes"].astype(np.float64)
+    img /= np.linalg.norm(img, axis=1, keepdims=True)
+    cls /= np.linalg.norm(cls, axis=1, keepdims=True)
+    expected = (img @ cls.T)[np.arange(len(img)), stored["labels"]]
+    np.testing.assert_allclose(arr(spec["data"][0]["x"]), expected, atol=1e-9)
+    assert spec["data"][0]["name"].startswith("true class")
+
+    # embeddings: t-SNE and UMAP of base + new images, coloured base vs new
+    at.radio(key="d_view").set_value("embeddings").run()
+    no_exceptions(at)
+    n_images = sum(len(load_embeddings(run.dir, k)["image"]) for k in ("base", "new"))
+    specs = chart_specs(at)
+    assert len(specs) == 2 and [s["layout"]["title"]["text"].split(" ·")[0] for s in specs] == ["t-SNE", "UMAP"]
+    for s in specs:
+        assert [t["name"] for t in s["data"]] == ["base classes", "new classes"]
+        assert sum(len(arr(t["x"])) for t in s["data"]) == n_images
+
+    # confusion: z is the confusion matrix of the stored predictions, with class names
+    at.radio(key="d_view").set_value("confusion").run()
+    no_exceptions(at)
+    (spec,) = chart_specs(at)
+    preds = run.load_predictions("base")
+    names = [str(c) for c in load_embeddings(run.dir, "base")["classnames"]]
+    np.testing.assert_array_equal(arr(spec["data"][0]["z"]),
+                                  confusion_matrix(preds["labels"], preds["preds"], len(names)))
+    assert spec["data"][0]["x"] == names
+    at.selectbox(key="d_conf_split").set_value("new").run()
+    assert arr(chart_specs(at)[0]["data"][0]["z"]).sum() == len(run.load_predictions("new")["labels"])
+
+    at.radio(key="d_view").set_value("log").run()
+    no_exceptions(at)
+    assert "status -> done" in at.code[0].value
+
+
+def test_run_detail_unknown_run_is_reported(monkeypatch, populated):
+    reg, run, _ = populated
+    at = app(monkeypatch, reg.root)
+    at.query_params["run"] = "ffffffffffff"
+    at.run()
+    at.switch_page("views/run_detail.py").run()
+    no_exceptions(at)
+    assert "No run 'ffffffffffff'" in at.error[0].value
+    assert at.selectbox(key="d_run").value == run.short_hash  # falls back to a run that exists
+
+
+def test_results_page_aggregates_and_compares(monkeypatch, populated):
+    reg, run, _ = populated
+    at = app(monkeypatch, reg.root).run()
+    at.switch_page("views/results.py").run()
+    no_exceptions(at)
+    ours = frame(at, "eurosat · hm")
+    assert ours["eurosat · hm"].iloc[0] == f"{run.metrics['hm']:.2f}" and ours["seeds"].iloc[0] == 1
+    # a 2-shot toy-backbone run has no paper counterpart at that shot count: said, not hidden
+    assert "None of the chosen papers" in texts(at)
+    assert at.expander[0].label.startswith("Our results without a paper value")
+    at.multiselect(key="r_methods").set_value([]).run()
+    no_exceptions(at)
+
+
+def test_results_page_difference_to_the_paper(monkeypatch, tmp_path):
+    """Runs at 16 shots on EuroSAT meet MMRL / GLAD Table 1 (CoOp base 92.19): difference = ours − paper."""
+    reg = Registry(tmp_path / "runs")
+    for seed, base in ((1, 90.0), (2, 94.0)):
+        r = reg.create_or_get(RunSpec(method="coop", protocol="base_to_novel", datasets=("eurosat",), shots=16,
+                                      seed=seed, backbone="toy"))
+        r.write_metrics({"base": base, "new": 50.0, "hm": 2 * base * 50 / (base + 50)})
+        r.set_status("done")
+    at = app(monkeypatch, reg.root).run()
+    at.switch_page("views/results.py").run()
+    no_exceptions(at)
+    table = frame(at, "paper value")
+    row = table[(table["paper"] == "MMRL") & (table["metric"] == "base")].iloc[0]
+    assert row["ours"] == f"92.00 ± {np.std([90, 94], ddof=1):.2f}" and row["paper value"] == 92.19
+    assert row["difference"] == pytest.approx(92.0 - 92.19)
+    assert len(at.get("plotly_chart")) == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# launch form
+# ------------------------------------------------------------------------------------------------
+class FakePopen:
+    calls: list = []
+
+    def __init__(self, args, **kwargs):
+        FakePopen.calls.append((list(args), kwargs))
+        self.pid = 424242
+
+    def poll(self):
+        return None
+
+
+@pytest.fixture
+def fake_popen(monkeypatch):
+    FakePopen.calls = []
+    monkeypatch.setattr(launcher, "POPEN", FakePopen)
+    yield FakePopen
+    launcher._PROCESSES.pop(424242, None)
+
+
+def fill_form(at: AppTest, **values) -> AppTest:
+    at.multiselect(key="l_datasets").set_value(values.get("datasets", ["eurosat"]))
+    at.selectbox(key="l_shots").set_value(values.get("shots", 2))
+    at.text_input(key="l_seeds").input(values.get("seeds", "1 2"))
+    at.text_input(key="l_backbone").input(values.get("backbone", "wb-tiny-vit"))
+    at.selectbox(key="l_device").set_value("cpu")
+    at.text_area(key="l_settings").input(values.get("settings", "train.epochs=1\n# a comment\n\nn_ctx=2"))
+    if "root" in values:
+        at.text_input(key="l_root").input(values["root"])
+    at.form_submit_button[0].click().run()
+    no_exceptions(at)
+    return at
+
+
+def test_launch_form_rejects_invalid_input(monkeypatch, tmp_path, fake_popen, populated):
+    _, _, data = populated
+    at = app(monkeypatch, tmp_path / "runs", data_root=data).run()
+    at.switch_page("views/launch.py").run()
+    fill_form(at, settings="nctx=2")
+    assert "no setting 'nctx'" in at.error[0].value and not fake_popen.calls
+    fill_form(at, settings="train.epochs=1", seeds="1 x")
+    assert "seed 'x'" in at.error[0].value
+    fill_form(at, settings="train.epochs=1", seeds="1", datasets=["eurosat", "dtd"])
+    assert "base_to_novel takes exactly one dataset" in at.error[0].value
+    fill_form(at, settings="train.epochs", seeds="1")
+    assert "not KEY=VALUE" in at.error[0].value
+    fill_form(at, settings="", seeds="1", root=str(tmp_path / "nowhere"))
+    assert "is not a folder" in at.error[0].value
+    fill_form(at, settings="", seeds="1", root=str(tmp_path), datasets=["eurosat"])  # no eurosat under it
+    assert "dataset 'eurosat' not found" in at.error[0].value
+    assert not fake_popen.calls and not at.success
+
+
+def test_launch_form_starts_the_run_command(monkeypatch, tmp_path, fake_popen, populated):
+    _, _, data = populated
+    root = tmp_path / "runs"
+    at = app(monkeypatch, root, data_root=data).run()
+    at.switch_page("views/launch.py").run()
+    assert at.text_input(key="l_root").value == str(data)  # prefilled from WORKBENCH_DATA
+    fill_form(at)
+    assert not at.error and "Started `workbench run`" in at.success[0].value
+    ((args, kwargs),) = fake_popen.calls
+    assert args == [sys.executable, "-m", "workbench", "run", "--method=coop", "--protocol=base_to_novel",
+                    "--dataset", "eurosat", "--shots=2", "--seed", "1", "2", "--backbone=wb-tiny-vit",
+                    "--device=cpu", "--set=train.epochs=1", "--set=n_ctx=2", f"--root={data.resolve()}",
+                    f"--registry={root.resolve()}", "--quiet"]
+    assert kwargs["start_new_session"] is True and "shell" not in kwargs
+    log = Path(kwargs["stdout"].name)
+    assert log.parent == root / "launches" and log.suffix == ".log"
+    record = json.loads(log.with_suffix(".json").read_text())
+    assert record["pid"] == 424242 and record["args"] == args
+
+    at.switch_page("views/runs.py").run()  # the launch is listed (no run in the registry yet)
+    no_exceptions(at)
+    assert "No runs yet" in at.info[0].value and "appear here as soon as they register" in texts(at)
+    launches = frame(at, "pid")
+    assert launches["pid"].tolist() == [424242] and launches["state"].tolist() == ["running"]
+
+
+def test_launcher_builds_only_the_run_command(tmp_path, populated):
+    _, _, data = populated
+    req = launcher.request_from_form(method="zeroshot", protocol="cross_dataset", datasets=["toy_objects", "toy_vocab"],
+                                     shots="4", seeds="3, 1", backbone="toy", pretrained="", preset="(auto)",
+                                     settings="", name="--force; rm -rf /")
+    assert launcher.validate(req) == []
+    args = launcher.build_command(req, tmp_path)
+    assert args[:4] == [sys.executable, "-m", "workbench", "run"]
+    assert "--name=--force; rm -rf /" in args and "--force" not in args  # a value is never an option
+    assert args[args.index("--seed") + 1:args.index("--seed") + 3] == ["3", "1"]
+    # toy datasets live in the rendered toy root: a data root (prefilled from WORKBENCH_DATA) is not passed on
+    toy = launcher.request_from_form(method="coop", protocol="few_shot", datasets=["toy_objects"], shots=4,
+                                     data_root=str(data))
+    assert launcher.validate(toy) == [] and not any(a.startswith("--root") for a in launcher.build_command(toy, tmp_path))
+
+    def errors(**changes):
+        base = dict(method="coop", protocol="few_shot", datasets=("eurosat",), shots=4, seeds=(1,),
+                    data_root=str(data))
+        return " | ".join(launcher.validate(launcher.LaunchRequest(**{**base, **changes})))
+
+    assert errors() == ""
+    assert "unknown method 'nope'" in errors(method="nope")
+    assert "unknown protocol" in errors(protocol="long_tail")
+    assert "unknown dataset(s) 'mnist'" in errors(datasets=("mnist",))
+    assert "needs a source dataset" in errors(protocol="cross_dataset")
+    assert "shots must be one of 1, 2, 4, 8, 16" in errors(shots=3)
+    assert "non-negative" in errors(seeds=(-1,))
+    assert "has no preset 'fast'" in errors(preset="fast")
+    assert "not a model name" in errors(backbone="--help")
+    assert "device 'tpu'" in errors(device="tpu")
+    assert "invalid override" in errors(settings=("train.nope=1",))
+    with pytest.raises(launcher.LaunchError) as info:
+        launcher.launch(launcher.LaunchRequest(method="nope", protocol="few_shot", datasets=("mnist",)), tmp_path)
+    assert len(info.value.errors) == 2 and not (tmp_path / "launches").exists()

@@ -1,0 +1,327 @@
+"""Start `workbench run` as a background process (used by the app's Launch page).
+
+Only the workbench's own run command can be started: the command is always
+`[sys.executable, "-m", "workbench", "run", ...]`, built as an argument list (no shell) from a
+`LaunchRequest` whose every field is checked against the registries first (method in
+`list_methods()`, protocol in `PROTOCOLS`, datasets in `list_manifests()`, shots in 1/2/4/8/16,
+seeds non-negative ints, `--set` keys through `parse_settings`). The process gets its own session
+(`start_new_session=True`, so it outlives a restarted app), stdout/stderr go to
+`<registry>/launches/<stamp>.log`, and a `<stamp>.json` record beside it says what was started.
+
+    req = request_from_form(method="coop", protocol="base_to_novel", datasets=["eurosat"], shots=2,
+                            seeds="1 2", settings="train.epochs=1", data_root="/data")
+    launched = launch(req, registry_root)      # raises LaunchError with every problem listed
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+SHOTS_CHOICES = (1, 2, 4, 8, 16)
+MAX_SEEDS = 20
+SINGLE_DATASET_PROTOCOLS = ("base_to_novel", "few_shot")  # exactly one dataset
+TRANSFER_PROTOCOLS = ("cross_dataset", "domain_generalization")  # source, then one or more targets
+LAUNCH_DIR = "launches"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+=-]*$")  # backbone / pretrained / preset names
+_DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+
+POPEN = subprocess.Popen  # replaced in tests
+_PROCESSES: dict[int, subprocess.Popen] = {}  # started by this process: polled to reap them and read exit codes
+
+
+class LaunchError(ValueError):
+    """The request is invalid; `errors` lists every problem (one sentence each)."""
+
+    def __init__(self, errors: Sequence[str]):
+        self.errors = list(errors)
+        super().__init__("; ".join(self.errors))
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    method: str
+    protocol: str
+    datasets: tuple[str, ...]
+    shots: int = 16
+    seeds: tuple[int, ...] = (1,)
+    backbone: str = "toy"
+    pretrained: str | None = None
+    device: str | None = None
+    preset: str | None = None
+    settings: tuple[str, ...] = ()  # KEY=VALUE, as for `workbench run --set`
+    data_root: str | None = None
+    name: str | None = None
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class Launched:
+    pid: int
+    args: list[str]
+    log_path: Path
+    record_path: Path
+    started_at: float = field(default_factory=time.time)
+
+
+# ------------------------------------------------------------------------------------------------
+# parsing form input
+# ------------------------------------------------------------------------------------------------
+def parse_seeds(text: str | Sequence[int]) -> tuple[int, ...]:
+    """"1 2 3" / "1,2,3" / [1, 2] -> (1, 2, 3); ValueError on anything that is not a non-negative int."""
+    if isinstance(text, str):
+        items = [t for t in re.split(r"[\s,;]+", text.strip()) if t]
+    else:
+        items = list(text)
+    if not items:
+        raise ValueError("give at least one seed (e.g. 1 or 1 2 3)")
+    seeds = []
+    for item in items:
+        if isinstance(item, bool):
+            raise ValueError(f"seed {item!r} is not an integer")
+        if isinstance(item, str) and not re.fullmatch(r"\d+", item):
+            raise ValueError(f"seed {item!r} is not a non-negative integer")
+        try:
+            value = int(item)
+        except (TypeError, ValueError):
+            raise ValueError(f"seed {item!r} is not an integer") from None
+        if value < 0 or value != item and not isinstance(item, str):
+            raise ValueError(f"seed {item!r} is not a non-negative integer")
+        if value not in seeds:
+            seeds.append(value)
+    if len(seeds) > MAX_SEEDS:
+        raise ValueError(f"at most {MAX_SEEDS} seeds per launch, got {len(seeds)}")
+    return tuple(seeds)
+
+
+def parse_setting_lines(text: str | Sequence[str]) -> tuple[str, ...]:
+    """KEY=VALUE lines (blank lines and `# comments` ignored) -> tuple of "KEY=VALUE" strings."""
+    lines = text.splitlines() if isinstance(text, str) else list(text)
+    out = []
+    for raw in lines:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {line!r} is not KEY=VALUE (e.g. train.epochs=5)")
+        out.append(f"{key.strip()}={value.strip()}")
+    return tuple(out)
+
+
+def request_from_form(*, method: str, protocol: str, datasets: Sequence[str] | str, shots: int | str,
+                      seeds: str | Sequence[int] = "1", backbone: str = "toy", pretrained: str | None = None,
+                      device: str | None = None, preset: str | None = None, settings: str | Sequence[str] = "",
+                      data_root: str | None = None, name: str | None = None, force: bool = False) -> LaunchRequest:
+    """A LaunchRequest from raw form values (strings); raises LaunchError listing every parse problem."""
+    errors = []
+    try:
+        seeds_t = parse_seeds(seeds)
+    except ValueError as exc:
+        errors.append(str(exc))
+        seeds_t = ()
+    try:
+        settings_t = parse_setting_lines(settings)
+    except ValueError as exc:
+        errors.append(str(exc))
+        settings_t = ()
+    try:
+        shots_i = int(shots)
+    except (TypeError, ValueError):
+        errors.append(f"shots must be one of {', '.join(map(str, SHOTS_CHOICES))}, got {shots!r}")
+        shots_i = 0
+    if errors:
+        raise LaunchError(errors)
+
+    def blank_to_none(v):
+        return None if v is None or str(v).strip() in ("", "(auto)", "(default)") else str(v).strip()
+
+    ds = (datasets,) if isinstance(datasets, str) else tuple(datasets)
+    return LaunchRequest(method=method, protocol=protocol, datasets=ds, shots=shots_i, seeds=seeds_t,
+                         backbone=(backbone or "").strip(), pretrained=blank_to_none(pretrained),
+                         device=blank_to_none(device), preset=blank_to_none(preset), settings=settings_t,
+                         data_root=blank_to_none(data_root), name=blank_to_none(name), force=bool(force))
+
+
+# ------------------------------------------------------------------------------------------------
+# validation
+# ------------------------------------------------------------------------------------------------
+def validate(req: LaunchRequest) -> list[str]:
+    """Every problem with `req`, as sentences (empty when it can be launched)."""
+    from workbench.data import list_manifests, load_manifest
+    from workbench.data.manifests import DataRootError
+    from workbench.methods import get_method_class, list_methods
+    from workbench.protocols import PROTOCOLS
+    from workbench.protocols.cli import parse_settings
+
+    errors: list[str] = []
+    methods = list_methods()
+    method_ok = req.method in methods
+    if not method_ok:
+        errors.append(f"unknown method {req.method!r}; available: {', '.join(methods)}")
+    if req.protocol not in PROTOCOLS:
+        errors.append(f"unknown protocol {req.protocol!r}; available: {', '.join(sorted(PROTOCOLS))}")
+    known = list_manifests()
+    if not req.datasets:
+        errors.append("choose at least one dataset")
+    unknown = [d for d in req.datasets if d not in known]
+    if unknown:
+        errors.append(f"unknown dataset(s) {', '.join(map(repr, unknown))}; available: {', '.join(known)}")
+    if len(set(req.datasets)) != len(req.datasets):
+        errors.append("a dataset is listed twice")
+    if req.protocol in SINGLE_DATASET_PROTOCOLS and len(req.datasets) > 1:
+        errors.append(f"{req.protocol} takes exactly one dataset, got {len(req.datasets)}")
+    if req.protocol in TRANSFER_PROTOCOLS and len(req.datasets) < 2:
+        errors.append(f"{req.protocol} needs a source dataset and at least one target (the first one is the source)")
+    if isinstance(req.shots, bool) or req.shots not in SHOTS_CHOICES:
+        errors.append(f"shots must be one of {', '.join(map(str, SHOTS_CHOICES))}, got {req.shots!r}")
+    try:
+        parse_seeds(list(req.seeds))
+    except ValueError as exc:
+        errors.append(str(exc))
+    if not req.backbone or not _NAME_RE.match(req.backbone):
+        errors.append(f"backbone {req.backbone!r} is not a model name ('toy', 'wb-tiny-vit', an open_clip name)")
+    if req.pretrained is not None and not _NAME_RE.match(req.pretrained):
+        errors.append(f"pretrained {req.pretrained!r} is not a tag or file name")
+    if req.device is not None and not _DEVICE_RE.match(req.device):
+        errors.append(f"device {req.device!r} is not cpu, cuda or cuda:N")
+    if req.name is not None and (len(req.name) > 200 or any(ord(c) < 32 for c in req.name)):
+        errors.append("name must be a single line of at most 200 characters")
+    if method_ok:
+        cls = get_method_class(req.method)
+        if req.preset is not None and req.preset not in cls.presets:
+            errors.append(f"{req.method} has no preset {req.preset!r}; presets: {', '.join(sorted(cls.presets))}")
+        try:
+            parse_settings(req.method, list(req.settings))
+        except Exception as exc:  # ValueError, yaml errors: all are the user's input
+            errors.append(f"invalid override: {exc}")
+    if req.data_root is not None and not Path(req.data_root).expanduser().is_dir():
+        errors.append(f"data root {req.data_root!r} is not a folder")
+    elif not unknown:
+        for name in req.datasets:
+            manifest = load_manifest(name)
+            if manifest.is_toy:
+                continue  # rendered on first use
+            try:
+                root = manifest.resolve_root(req.data_root)
+            except DataRootError:
+                errors.append(f"dataset {name!r} needs a data root: fill in the data root (or set WORKBENCH_DATA)")
+                continue
+            folder = root / manifest.folder
+            if not folder.is_dir():
+                errors.append(f"dataset {name!r} not found: {folder} does not exist (see `workbench data check`)")
+    return errors
+
+
+# ------------------------------------------------------------------------------------------------
+# launching
+# ------------------------------------------------------------------------------------------------
+def _all_toy(datasets: Sequence[str]) -> bool:
+    from workbench.data import load_manifest
+
+    try:
+        return all(load_manifest(d).is_toy for d in datasets)
+    except KeyError:
+        return False
+
+
+def build_command(req: LaunchRequest, registry_root: str | os.PathLike) -> list[str]:
+    """The argument list of `workbench run` for `req` (validate first). Free-text values use the
+    `--option=value` form so that a value can never be read as another option."""
+    args = [sys.executable, "-m", "workbench", "run", f"--method={req.method}", f"--protocol={req.protocol}",
+            "--dataset", *req.datasets, f"--shots={int(req.shots)}", "--seed", *[str(int(s)) for s in req.seeds],
+            f"--backbone={req.backbone}"]
+    if req.pretrained:
+        args.append(f"--pretrained={req.pretrained}")
+    if req.preset:
+        args.append(f"--preset={req.preset}")
+    if req.device:
+        args.append(f"--device={req.device}")
+    for setting in req.settings:
+        args.append(f"--set={setting}")
+    if req.data_root and not _all_toy(req.datasets):  # an explicit root would hide the rendered toy data
+        args.append(f"--root={Path(req.data_root).expanduser().resolve()}")
+    if req.name:
+        args.append(f"--name={req.name}")
+    if req.force:
+        args.append("--force")
+    args += [f"--registry={Path(registry_root).expanduser().resolve()}", "--quiet"]
+    return args
+
+
+def launch(req: LaunchRequest, registry_root: str | os.PathLike | None = None, *, env: dict | None = None) -> Launched:
+    """Validate `req` and start `workbench run` in the background; raises LaunchError when invalid."""
+    from workbench.paths import runs_dir
+
+    errors = validate(req)
+    if errors:
+        raise LaunchError(errors)
+    root = Path(registry_root).expanduser() if registry_root is not None else runs_dir()
+    folder = root / LAUNCH_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{secrets.token_hex(3)}"
+    log_path, record_path = folder / f"{stamp}.log", folder / f"{stamp}.json"
+    args = build_command(req, root)
+    child_env = dict(os.environ if env is None else env)
+    child_env["PYTHONUNBUFFERED"] = "1"
+    with open(log_path, "ab") as log:
+        log.write(f"$ {' '.join(args)}\n".encode())
+        log.flush()
+        proc = POPEN(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                     start_new_session=True, close_fds=True, env=child_env)
+    _PROCESSES[proc.pid] = proc
+    launched = Launched(pid=proc.pid, args=args, log_path=log_path, record_path=record_path)
+    record = {"pid": proc.pid, "args": args, "log": str(log_path), "started_at": launched.started_at,
+              "request": asdict(req)}
+    tmp = record_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(record_path)
+    return launched
+
+
+def _pid_state(pid: int) -> tuple[str, int | None]:
+    proc = _PROCESSES.get(pid)
+    if proc is not None:
+        code = proc.poll()
+        return ("running", None) if code is None else ("exited", code)
+    try:  # started by an earlier app process: is it still alive (and still a workbench run)?
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "ended", None
+    return ("running", None) if b"workbench" in cmdline else ("ended", None)
+
+
+def list_launches(registry_root: str | os.PathLike | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """Launch records of a registry, newest first, with `state` (running / exited / ended) and
+    `returncode` (known for processes started by this process)."""
+    from workbench.paths import runs_dir
+
+    root = Path(registry_root).expanduser() if registry_root is not None else runs_dir()
+    out = []
+    for path in sorted((root / LAUNCH_DIR).glob("*.json"), reverse=True)[:limit]:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        state, code = _pid_state(int(record.get("pid", -1)))
+        record.update(state=state, returncode=code, record=str(path))
+        out.append(record)
+    return out
+
+
+def read_log_tail(path: str | os.PathLike, max_chars: int = 4000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_chars))
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""

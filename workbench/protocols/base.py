@@ -86,7 +86,10 @@ def load_splits(name: str, ctx: RunContext, shots: int | None, seed: int):
 
 
 def build_for(ctx: RunContext, train_ds):
+    from ..engine.train import seed_everything
+
     preset, overrides = method_overrides(ctx.spec)
+    seed_everything(ctx.spec.seed)  # random inits (context vectors, adapters) follow the run's seed
     return build_method(ctx.spec.method, ctx.backbone, ClassTask.from_splits(train_ds), preset, overrides)
 
 

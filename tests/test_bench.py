@@ -1,0 +1,30 @@
+"""`workbench bench` runs end to end on the random-init tiny backbone with a tiny budget (no timing asserts)."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from workbench import bench_cli
+from workbench.bench import format_bench
+
+
+def test_bench_runs_and_reports_every_ratio(toy_data_root, capsys):
+    parser = argparse.ArgumentParser()
+    bench_cli.add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", "--backbone", "wb-tiny-vit", "--root", str(toy_data_root), "--shots", "1",
+                              "--epochs", "2", "--views", "1", "--split", "val", "--device", "cpu", "--json"])
+    assert args.func(args) == 0
+    result = json.loads(capsys.readouterr().out)
+
+    classes = 48  # toy_objects
+    assert result["dataset"] == "toy_objects" and result["method"] == "clip_adapter"
+    assert result["train_images"] == classes and result["split_images"] == classes  # 1 shot; val min(1, 4)
+    assert result["steps"] == 2 * math.ceil(classes / 32)  # same steps in every variant (checked inside)
+    for key in ("reencode_s", "features_cold_s", "features_warm_s", "cache_miss_s", "cache_hit_s"):
+        assert result[key] > 0
+    assert result["speedup_cold"] == result["reencode_s"] / result["features_cold_s"]
+    assert result["speedup_warm"] == result["reencode_s"] / result["features_warm_s"]
+    assert result["cache_speedup"] == result["cache_miss_s"] / result["cache_hit_s"]
+    table = format_bench(result)
+    assert "re-encode images every epoch" in table and "cache hit" in table

@@ -12,6 +12,9 @@ COMMAND_MODULES = [
     "workbench.runs.cli",  # workbench runs ...
     "workbench.engine.cli",  # workbench zeroshot
     "workbench.protocols.cli",  # workbench run, workbench methods
+    "workbench.notebooks_cli",
+    "workbench.demo",  # workbench demo
+    "workbench.bench_cli",  # workbench bench
 ]
 
 

@@ -1,0 +1,465 @@
+"""Our numbers beside the papers': aggregation over seeds, the join with the transcribed tables, a figure.
+
+    runs = registry.list(hash=hashes)                       # Registry.list() rows
+    ours = aggregate_runs(runs, ["base", "new", "hm"])      # mean/std/n over seeds
+    paper = paper_rows("mmrl", "Table 1")                   # transcribed cells (data_manifests)
+    table = ours_vs_paper(ours, paper)                      # ours, paper, diff = ours - paper
+    comparison_figure(table)                                # grouped bars, ours vs paper
+
+Method names differ between the workbench (registry keys: ``coop``) and the papers (``CoOp``);
+`PAPER_METHOD_NAMES` maps them. Toy datasets (and anything else a paper does not print) have no paper
+value: ``paper`` and ``diff`` are NaN and ``note`` says why.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+# workbench method key -> the names the transcribed papers use (first = the usual one)
+PAPER_METHOD_NAMES: dict[str, tuple[str, ...]] = {
+    "zeroshot": ("CLIP", "Zero Shot"),
+    "coop": ("CoOp",),
+    "cocoop": ("CoCoOp",),
+    "kgcoop": ("KgCoOp",),
+    "prograd": ("ProGrad",),
+    "maple": ("MaPLe",),
+    "promptsrc": ("PromptSRC",),
+    "clip_lora": ("CLIP-LoRA",),
+    "clip_adapter": ("CLIP-Adapter",),
+    "linear_probe": ("Linear probe CLIP", "LP"),
+    "mmrl": ("MMRL",),
+}
+PAPER_TO_METHOD: dict[str, str] = {p: m for m, names in PAPER_METHOD_NAMES.items() for p in names}
+
+# metric columns each protocol writes (workbench/protocols/standard.py)
+PROTOCOL_METRICS = {"base_to_novel": ("base", "new", "hm"), "few_shot": ("top1",)}
+METRIC_ORDER = ("base", "new", "hm", "top1")
+# what makes two runs "the same experiment but for the seed"
+GROUP_COLUMNS = ["protocol", "method", "dataset", "shots", "backbone", "pretrained", "method_config", "overrides"]
+AGG_COLUMNS = GROUP_COLUMNS + ["metric", "mean", "std", "n", "seeds", "runs"]
+TABLE_COLUMNS = ["protocol", "method", "paper_method", "dataset", "shots", "metric", "ours", "ours_std", "n",
+                 "paper", "diff", "note", "paper_table"]
+NO_PAPER_TOY = "toy dataset: no paper value"
+
+
+def paper_method_name(method: str) -> str:
+    """The paper's usual name for a workbench method key (the key itself when unmapped)."""
+    return PAPER_METHOD_NAMES.get(method, (method,))[0]
+
+
+def method_key(paper_name: str) -> str | None:
+    """The workbench key for a paper's method name (None when the workbench has no counterpart)."""
+    return PAPER_TO_METHOD.get(paper_name)
+
+
+def is_toy_dataset(name: str) -> bool:
+    """True for the embedded toy world's datasets (no paper ever reports them)."""
+    try:
+        from workbench.data import load_manifest
+
+        return bool(load_manifest(name).is_toy)
+    except Exception:  # unknown name: go by the naming convention
+        return str(name).startswith("toy_")
+
+
+# ------------------------------------------------------------------------------------------------
+# aggregation over seeds
+# ------------------------------------------------------------------------------------------------
+def _long_metrics(df: pd.DataFrame, metrics: Sequence[str] | None) -> pd.DataFrame:
+    """One row per (run, dataset, metric).
+
+    A metric column named after one of the run's datasets (source or target), or "average" of a
+    transfer run, is the top-1 accuracy on that dataset (cross-dataset / domain generalization); any
+    other metric column is a metric of the source dataset (base/new/hm, top1).
+    """
+    records = []
+    for _, row in df.iterrows():
+        datasets = str(row["datasets"]).split(",")
+        if metrics is None:
+            cols = [c for c in PROTOCOL_METRICS.get(row["protocol"], ()) if c in df.columns]
+            if row["protocol"] not in PROTOCOL_METRICS:  # transfer protocols: one column per dataset
+                cols = [c for c in datasets + ["average"] if c in df.columns]
+        else:
+            cols = list(metrics)
+        for col in cols:
+            if col not in df.columns:
+                raise KeyError(f"no metric column {col!r}; run columns: {list(df.columns)}")
+            value = row[col]
+            if value is None or isinstance(value, (bool, str)) or pd.isna(value):
+                continue
+            if col in datasets or (col == "average" and len(datasets) > 1):
+                dataset, metric = col, "top1"
+            else:
+                dataset, metric = row["source"], col
+            records.append({
+                "protocol": row["protocol"], "method": row["method"], "dataset": dataset,
+                "shots": row["shots"], "backbone": row["backbone"],
+                "pretrained": "" if row["pretrained"] is None or pd.isna(row["pretrained"]) else row["pretrained"],
+                "method_config": row.get("method_config", "{}"), "overrides": row.get("overrides", "{}"),
+                "metric": metric, "value": float(value), "seed": row["seed"], "run": row["short_hash"],
+            })
+    return pd.DataFrame.from_records(records, columns=GROUP_COLUMNS + ["metric", "value", "seed", "run"])
+
+
+def aggregate_runs(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """Mean, std and count over seeds of the finished runs in `df` (a `Registry.list()` frame).
+
+    Only runs with status "done" count. Runs are grouped by method x dataset x shots x protocol (and by
+    backbone, pretrained tag, method config and overrides, so differently configured runs are never
+    averaged together). `metrics`: the metric columns to aggregate (e.g. ``["base", "new", "hm"]``);
+    None = the protocol's own (base/new/hm, top1, or one column per target dataset for
+    cross-dataset/domain generalization). A metric column named after a dataset of the run becomes
+    metric "top1" of that dataset.
+
+    Returns a long frame with columns `AGG_COLUMNS`: ..., metric, mean, std (sample std, ddof=1: NaN
+    for a single seed), n (seeds), seeds ("1,2,3") and runs (short hashes).
+    """
+    if df is None or df.empty:
+        return pd.DataFrame(columns=AGG_COLUMNS)
+    if "status" in df.columns:
+        df = df[df["status"] == "done"]
+    long = _long_metrics(df, metrics)
+    if long.empty:
+        return pd.DataFrame(columns=AGG_COLUMNS)
+    long["shots"] = pd.to_numeric(long["shots"], errors="coerce").fillna(-1).astype(int)  # groupby drops NaN
+    out = long.groupby(GROUP_COLUMNS + ["metric"], sort=False, dropna=False).agg(
+        mean=("value", "mean"), std=("value", "std"), n=("value", "size"),
+        seeds=("seed", lambda s: ",".join(str(int(v)) for v in sorted(s))),
+        runs=("run", lambda s: ",".join(s))).reset_index()
+    out["shots"] = out["shots"].astype("Int64").where(out["shots"] >= 0)
+    out["_m"] = out["metric"].map({m: i for i, m in enumerate(METRIC_ORDER)}).fillna(len(METRIC_ORDER))
+    out = out.sort_values(["protocol", "method", "dataset", "shots", "_m"], kind="stable")
+    out["n"] = out["n"].astype(int)
+    return out.drop(columns="_m").reset_index(drop=True)[AGG_COLUMNS]
+
+
+def add_average(ours: pd.DataFrame, name: str = "average") -> pd.DataFrame:
+    """Append, per method x shots x protocol x metric, the mean over datasets (as dataset `name`), the way
+    the papers' "Average" columns are computed: base/new/top1 are means of the per-dataset means; hm is
+    the harmonic mean of the average base and average new. Only added where there are 2+ datasets, and
+    only for base-to-novel / few-shot (transfer runs report their own average over the targets)."""
+    if ours.empty:
+        return ours
+    keys = [c for c in GROUP_COLUMNS if c != "dataset"]
+    rows = []
+    per_dataset = ours[(ours["dataset"] != name) & ours["protocol"].isin(list(PROTOCOL_METRICS))]
+    for key, grp in per_dataset.groupby(keys, sort=False, dropna=False):
+        datasets = grp["dataset"].unique()
+        if len(datasets) < 2:
+            continue
+        base = dict(zip(keys, key))
+        means = {}
+        for metric, g in grp.groupby("metric", sort=False):
+            if g["dataset"].nunique() != len(datasets):
+                continue  # a metric missing for some dataset: no fair average
+            means[metric] = float(g["mean"].mean())
+        if "hm" in means and "base" in means and "new" in means:
+            b, n = means["base"], means["new"]
+            means["hm"] = 0.0 if b + n == 0 else 2 * b * n / (b + n)
+        for metric, value in means.items():
+            rows.append({**base, "dataset": name, "metric": metric, "mean": value, "std": np.nan,
+                         "n": int(grp[grp["metric"] == metric]["n"].min()),
+                         "seeds": "", "runs": f"mean over {len(datasets)} datasets"})
+    if not rows:
+        return ours
+    out = pd.concat([ours, pd.DataFrame.from_records(rows, columns=ours.columns)], ignore_index=True)
+    out["shots"] = out["shots"].astype("Int64")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# the join with the paper
+# ------------------------------------------------------------------------------------------------
+def paper_rows(paper: str = "mmrl", tables: str | Iterable[str] | None = None,
+               protocol: str | None = None) -> pd.DataFrame:
+    """Transcribed cells of `paper` (see `workbench.data.paper_results`), optionally only `tables`
+    ("Table 1", or a list: ["Table 10", "Table 11"]) and one `protocol`."""
+    from workbench.data.paper_results import load_paper_results
+
+    df = load_paper_results(paper)
+    if tables is not None:
+        names = [tables] if isinstance(tables, str) else list(tables)
+        names = [t if str(t).lower().startswith("table") else f"Table {t}" for t in names]
+        df = df[df["table"].isin(names)]
+    if protocol is not None:
+        df = df[df["protocol"] == protocol]
+    return df.reset_index(drop=True)
+
+
+def _paper_lookup(paper: pd.DataFrame) -> dict:
+    """(method key, dataset, metric) -> list of (shots, value, table, note)."""
+    lookup: dict = {}
+    for _, r in paper.iterrows():
+        key = method_key(r["method"])
+        if key is None:
+            continue
+        shots = None if pd.isna(r["shots"]) else int(r["shots"])
+        lookup.setdefault((key, r["dataset"], r["metric"]), []).append(
+            (shots, float(r["value"]), r["table"], r["method"], r["setting"]))
+    return lookup
+
+
+def ours_vs_paper(ours: pd.DataFrame, paper: pd.DataFrame, *, average: bool = True,
+                  paper_only: bool = False, setting: str = "") -> pd.DataFrame:
+    """Our aggregated numbers (`aggregate_runs`) joined with the paper's cells (`paper_rows`).
+
+    Rows are matched on method (via `PAPER_METHOD_NAMES`), dataset, metric and shots; zero-shot rows
+    (the paper's `CLIP`, printed with 0 shots) match whatever shot count our zero-shot run used, and a
+    paper cell with no stated shot count matches any. Only paper rows of the given `setting` (default:
+    the main rows, empty setting) are used.
+
+    average: also compare the mean over our datasets with the paper's "average" column (the paper value
+    is only filled in when we ran every dataset the paper averages; otherwise it is NaN with a note).
+    paper_only: also list paper cells of mapped methods we did not run (ours NaN).
+
+    Columns `TABLE_COLUMNS`: ours (mean over seeds), ours_std, n (seeds), paper, diff = ours − paper,
+    note (why a value is missing), paper_table.
+    """
+    paper = paper[paper["setting"].fillna("") == setting] if "setting" in paper.columns else paper
+    lookup = _paper_lookup(paper)
+    if average:
+        ours = add_average(ours)
+    rows = []
+    for _, r in ours.iterrows():
+        shots = None if pd.isna(r["shots"]) else int(r["shots"])
+        cells = lookup.get((r["method"], r["dataset"], r["metric"]), [])
+        if r["method"] == "zeroshot":
+            match = cells
+        else:
+            match = [c for c in cells if c[0] is None or c[0] == shots]
+        note, value, table, pname = "", np.nan, "", paper_method_name(r["method"])
+        if match:
+            _, value, table, pname, _ = match[0]
+        if r["dataset"] == "average" and match:
+            same = ((ours["method"] == r["method"]) & (ours["metric"] == r["metric"])
+                    & (ours["protocol"] == r["protocol"]) & (ours["dataset"] != "average"))
+            if r["method"] != "zeroshot":
+                same &= ours["shots"].fillna(-1) == (-1 if shots is None else shots)
+            ours_sets = set(ours[same]["dataset"])
+            paper_sets = {d for (m, d, met), cs in lookup.items()
+                          if m == r["method"] and met == r["metric"] and d != "average"
+                          and any(r["method"] == "zeroshot" or c[0] is None or c[0] == shots for c in cs)}
+            if not paper_sets <= ours_sets:
+                note = (f"paper average is over {len(paper_sets)} datasets; ours over {len(ours_sets)} "
+                        f"({', '.join(sorted(ours_sets))})")
+                value, table = np.nan, ""
+        elif not match:
+            if is_toy_dataset(r["dataset"]):
+                note = NO_PAPER_TOY
+            elif not cells and not any(k[0] == r["method"] for k in lookup):
+                note = f"{pname} is not in this paper table"
+            elif cells:
+                note = f"paper has no {shots}-shot value"
+            else:
+                note = "no paper value for this dataset/metric"
+        rows.append({"protocol": r["protocol"], "method": r["method"], "paper_method": pname,
+                     "dataset": r["dataset"], "shots": shots, "metric": r["metric"], "ours": r["mean"],
+                     "ours_std": r["std"], "n": r["n"], "paper": value, "note": note, "paper_table": table})
+    if paper_only:
+        have = {(row["method"], row["dataset"], row["metric"], row["shots"]) for row in rows}
+        protocol = ours["protocol"].iloc[0] if len(ours) and ours["protocol"].nunique() == 1 else ""
+        for (m, d, met), cells in lookup.items():
+            for shots, value, table, pname, _ in cells:
+                if m == "zeroshot" and any(h[0] == m and h[1] == d and h[2] == met for h in have):
+                    continue
+                if (m, d, met, shots) in have:
+                    continue
+                rows.append({"protocol": protocol, "method": m, "paper_method": pname, "dataset": d,
+                             "shots": shots, "metric": met, "ours": np.nan, "ours_std": np.nan, "n": 0,
+                             "paper": value, "note": "not run", "paper_table": table})
+    out = pd.DataFrame.from_records(rows, columns=[c for c in TABLE_COLUMNS if c != "diff"])
+    out["ours"] = pd.to_numeric(out["ours"], errors="coerce").astype(float)
+    out["ours_std"] = pd.to_numeric(out["ours_std"], errors="coerce").astype(float)
+    out["paper"] = pd.to_numeric(out["paper"], errors="coerce").astype(float)
+    out["shots"] = pd.array([None if pd.isna(s) else int(s) for s in out["shots"]], dtype="Int64")
+    out["n"] = out["n"].astype(int)
+    out["diff"] = out["ours"] - out["paper"]
+    return out[TABLE_COLUMNS]
+
+
+def wide_table(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """`ours_vs_paper` as one row per method x shots x dataset and, per metric, the columns
+    "<metric> ours" (mean ± std), "<metric> paper" and "<metric> Δ" as display strings ("—" = none)."""
+    def fmt(v, signed=False):
+        if pd.isna(v):
+            return "—"
+        return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+
+    rows = {}
+    metrics = [m for m in METRIC_ORDER if m in set(table["metric"])] + \
+        [m for m in dict.fromkeys(table["metric"]) if m not in METRIC_ORDER]
+    for _, r in table.iterrows():
+        key = (r["method"], "" if pd.isna(r["shots"]) else int(r["shots"]), r["dataset"])
+        row = rows.setdefault(key, {"method": r["method"], "shots": key[1], "dataset": r["dataset"]})
+        ours = fmt(r["ours"])
+        if not pd.isna(r["ours_std"]):
+            ours += f" ± {r['ours_std']:.{digits}f}"
+        row[f"{r['metric']} ours"] = ours
+        row[f"{r['metric']} paper"] = fmt(r["paper"])
+        row[f"{r['metric']} Δ"] = fmt(r["diff"], signed=True)
+        if r["note"]:
+            row["note"] = r["note"]
+    cols = ["method", "shots", "dataset"] + [f"{m} {k}" for m in metrics for k in ("ours", "paper", "Δ")] + ["note"]
+    out = pd.DataFrame(list(rows.values()))
+    for c in cols:
+        if c not in out.columns:
+            out[c] = ""
+    return out[cols].fillna("")
+
+
+# ------------------------------------------------------------------------------------------------
+# figures
+# ------------------------------------------------------------------------------------------------
+OURS_COLOR, PAPER_COLOR = "#1f77b4", "#ff7f0e"
+
+
+def comparison_figure(table: pd.DataFrame, metric: str | Sequence[str] | None = None, *,
+                      title: str | None = "Ours vs paper"):
+    """Grouped bars per method: ours (mean, error bar = std over seeds) beside the paper's value, one
+    panel per dataset (columns) and per metric / shot count (rows). Missing paper values (toy datasets)
+    leave the bar out and are listed in the panel title ("no paper value")."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    data = table
+    if metric is not None:
+        data = data[data["metric"].isin([metric] if isinstance(metric, str) else list(metric))]
+    data = data.dropna(subset=["ours"]) if data["ours"].notna().any() else data
+    if data.empty:
+        fig = go.Figure()
+        fig.update_layout(title=title, template="plotly_white", height=300)
+        return fig
+    datasets = list(dict.fromkeys(data["dataset"]))
+    shot_values = sorted({int(s) for s in data["shots"].dropna()})
+    if len(shot_values) > 1:  # shot-independent rows (zero-shot) appear in every shot count's panel
+        flat = data[data["shots"].isna()]
+        data = pd.concat([data[data["shots"].notna()]] + [flat.assign(shots=k) for k in shot_values],
+                         ignore_index=True)
+        data["_k"] = data["shots"].astype(int)
+        data = data.sort_values(["_k"], kind="stable").drop(columns="_k")
+    data = data.assign(_row=[f"{m}" if len(shot_values) <= 1 else f"{m}, {int(s)} shots"
+                             for m, s in zip(data["metric"], data["shots"])])
+    rows_keys = list(dict.fromkeys(data["_row"]))
+    titles = []
+    for rk in rows_keys:
+        for d in datasets:
+            cell = data[(data["_row"] == rk) & (data["dataset"] == d)]
+            missing = cell["paper"].isna().all() and len(cell) > 0
+            titles.append(f"{d} · {rk}" + (" (no paper value)" if missing else ""))
+    fig = make_subplots(rows=len(rows_keys), cols=len(datasets), subplot_titles=titles, shared_yaxes=True,
+                        vertical_spacing=min(0.12, 0.6 / max(len(rows_keys), 1)),
+                        horizontal_spacing=min(0.06, 0.3 / max(len(datasets), 1)))
+    for i, rk in enumerate(rows_keys, start=1):
+        for j, d in enumerate(datasets, start=1):
+            cell = data[(data["_row"] == rk) & (data["dataset"] == d)]
+            if cell.empty:
+                continue
+            first = i == 1 and j == 1
+            fig.add_trace(go.Bar(
+                x=cell["method"], y=cell["ours"], name="ours", marker_color=OURS_COLOR, showlegend=first,
+                legendgroup="ours", error_y=dict(type="data", array=cell["ours_std"].fillna(0).to_numpy()),
+                customdata=np.stack([cell["n"].to_numpy()], axis=-1),
+                hovertemplate="%{x}<br>ours %{y:.2f} (n=%{customdata[0]})<extra></extra>"), row=i, col=j)
+            fig.add_trace(go.Bar(
+                x=cell["method"], y=cell["paper"], name="paper", marker_color=PAPER_COLOR, showlegend=first,
+                legendgroup="paper", text=cell["paper_method"],
+                hovertemplate="%{x}<br>paper %{y:.2f} (%{text})<extra></extra>"), row=i, col=j)
+    fig.update_layout(barmode="group", template="plotly_white", title=title,
+                      height=max(320, 260 * len(rows_keys)), width=max(600, 330 * len(datasets)),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.04, xanchor="left", x=0))
+    fig.update_yaxes(title_text="accuracy (%)", col=1)
+    return fig
+
+
+def shots_figure(table: pd.DataFrame, metric: str = "top1", *, title: str | None = "Accuracy vs shots"):
+    """Few-shot curves: accuracy against shots per method, ours solid (± std) and the paper dashed, one
+    panel per dataset."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    flat = table[(table["metric"] == metric) & table["shots"].isna() & table["ours"].notna()]
+    data = table[(table["metric"] == metric) & table["shots"].notna()]
+    datasets = list(dict.fromkeys(data["dataset"])) or list(dict.fromkeys(flat["dataset"])) or [""]
+    fig = make_subplots(rows=1, cols=len(datasets), subplot_titles=datasets, shared_yaxes=True)
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+    methods = list(dict.fromkeys(data["method"]))
+    for j, d in enumerate(datasets, start=1):
+        for k, m in enumerate(methods):
+            cell = data[(data["dataset"] == d) & (data["method"] == m)].sort_values("shots")
+            if cell.empty:
+                continue
+            color = palette[k % len(palette)]
+            x = cell["shots"].astype(int).to_numpy()
+            if cell["ours"].notna().any():
+                fig.add_trace(go.Scatter(x=x, y=cell["ours"], mode="lines+markers", name=f"{m} (ours)",
+                                         legendgroup=f"{m}-ours", showlegend=j == 1, line=dict(color=color),
+                                         error_y=dict(type="data", array=cell["ours_std"].fillna(0).to_numpy())),
+                              row=1, col=j)
+            if cell["paper"].notna().any():
+                fig.add_trace(go.Scatter(x=x, y=cell["paper"], mode="lines+markers", name=f"{m} (paper)",
+                                         legendgroup=f"{m}-paper", showlegend=j == 1,
+                                         line=dict(color=color, dash="dash"), marker=dict(symbol="x")),
+                              row=1, col=j)
+    ticks = sorted({int(s) for s in data["shots"]}) or [1, 16]
+    for j, d in enumerate(datasets, start=1):  # shot-independent methods (zero-shot): a flat dotted line
+        for k, (_, r) in enumerate(flat[flat["dataset"] == d].iterrows()):
+            fig.add_trace(go.Scatter(x=[ticks[0], ticks[-1]], y=[r["ours"], r["ours"]], mode="lines",
+                                     name=f"{r['method']} (ours, no shots)", legendgroup=f"{r['method']}-flat",
+                                     showlegend=j == 1, line=dict(color="#555555", dash="dot")), row=1, col=j)
+    fig.update_xaxes(type="log", tickvals=sorted({int(s) for s in data["shots"]}) or None, title_text="shots")
+    fig.update_yaxes(title_text=f"{metric} (%)", col=1)
+    fig.update_layout(template="plotly_white", title=title, height=380, width=max(600, 360 * len(datasets)))
+    return fig
+
+
+def summary_lines(table: pd.DataFrame, metric: str, digits: int = 2) -> list[str]:
+    """Plain-language sentences about `table` for notebook markdown, every number taken from the table:
+    the best method per dataset (and shot count; shot-independent rows such as zero-shot compete at every
+    shot count) and the largest gap to the paper."""
+    lines = []
+    data = table[(table["metric"] == metric) & table["ours"].notna()]
+    shot_values = sorted({int(s) for s in data["shots"].dropna()})
+    for d in dict.fromkeys(data["dataset"]):
+        rows = data[data["dataset"] == d]
+        for k in shot_values or [None]:
+            grp = rows if k is None else rows[rows["shots"].isna() | (rows["shots"] == k)]
+            if grp.empty or (k is not None and not (grp["shots"] == k).any()):
+                continue
+            top = grp["ours"].max()
+            winners = grp[grp["ours"] == top]
+            names = " and ".join(f"**{m}**" for m in winners["method"])
+            seeds = sorted({int(n) for n in winners["n"]})
+            seed_txt = "/".join(str(n) for n in seeds) + (" seeds" if seeds != [1] else " seed")
+            shot_txt = "" if k is None else f", {k} shot{'s' if k != 1 else ''}"
+            lines.append(f"On **{d}**{shot_txt}, our best {metric} is {names}{' (tied)' if len(winners) > 1 else ''} "
+                         f"with {top:.{digits}f} (over {seed_txt}).")
+    compared = data.dropna(subset=["paper"])
+    if compared.empty:
+        lines.append(f"No {metric} cell has a paper value to compare with (e.g. toy datasets), so no "
+                     "difference to the paper is reported.")
+    else:
+        worst = compared.loc[compared["diff"].abs().idxmax()]
+        shot_txt = "" if pd.isna(worst["shots"]) else f", {int(worst['shots'])} shots"
+        lines.append(f"The largest {metric} gap to the paper is {worst['method']} on {worst['dataset']}{shot_txt}: "
+                     f"ours {worst['ours']:.{digits}f} vs paper {worst['paper']:.{digits}f} "
+                     f"({worst['diff']:+.{digits}f}); mean difference over {len(compared)} compared cells: "
+                     f"{compared['diff'].mean():+.{digits}f}.")
+    return lines
+
+
+def to_records(table: pd.DataFrame) -> list[dict]:
+    """JSON-friendly rows (NaN/NA → None, numpy scalars → Python, floats at full precision) of a table,
+    for the notebooks' result files."""
+    def plain(v):
+        if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
+            return None
+        if isinstance(v, np.generic):
+            v = v.item()
+            return None if isinstance(v, float) and np.isnan(v) else v
+        if isinstance(v, pd.Timestamp):
+            return v.isoformat()
+        return v
+
+    return [{k: plain(v) for k, v in row.items()} for row in table.astype(object).to_dict(orient="records")]

@@ -198,17 +198,20 @@ def _paper_lookup(paper: pd.DataFrame) -> dict:
         shots = None if pd.isna(r["shots"]) else int(r["shots"])
         lookup.setdefault((key, r["dataset"], r["metric"]), []).append(
             (shots, float(r["value"]), r["table"], r["method"], r["setting"]))
+    for cells in lookup.values():  # cells of the main rows (empty setting) first
+        cells.sort(key=lambda c: c[4] not in ("", None))
     return lookup
 
 
 def ours_vs_paper(ours: pd.DataFrame, paper: pd.DataFrame, *, average: bool = True,
-                  paper_only: bool = False, setting: str = "") -> pd.DataFrame:
+                  paper_only: bool = False, setting: str | None = None) -> pd.DataFrame:
     """Our aggregated numbers (`aggregate_runs`) joined with the paper's cells (`paper_rows`).
 
     Rows are matched on method (via `PAPER_METHOD_NAMES`), dataset, metric and shots; zero-shot rows
     (the paper's `CLIP`, printed with 0 shots) match whatever shot count our zero-shot run used, and a
-    paper cell with no stated shot count matches any. Only paper rows of the given `setting` (default:
-    the main rows, empty setting) are used.
+    paper cell with no stated shot count matches any. When several cells match, a main-row cell (empty
+    `setting`) wins, else the first printed one; `setting` as a string keeps only the paper rows of that
+    setting (e.g. "source ImageNet").
 
     average: also compare the mean over our datasets with the paper's "average" column (the paper value
     is only filled in when we ran every dataset the paper averages; otherwise it is NaN with a note).
@@ -217,7 +220,8 @@ def ours_vs_paper(ours: pd.DataFrame, paper: pd.DataFrame, *, average: bool = Tr
     Columns `TABLE_COLUMNS`: ours (mean over seeds), ours_std, n (seeds), paper, diff = ours − paper,
     note (why a value is missing), paper_table.
     """
-    paper = paper[paper["setting"].fillna("") == setting] if "setting" in paper.columns else paper
+    if setting is not None:
+        paper = paper[paper["setting"].fillna("") == setting]
     lookup = _paper_lookup(paper)
     if average:
         ours = add_average(ours)

@@ -134,3 +134,20 @@ def test_embeddings_are_stored_for_plots(data_root, tmp_path):
     img = torch.nn.functional.normalize(torch.tensor(stored["image"]).float(), dim=-1)
     cls = torch.nn.functional.normalize(torch.tensor(stored["classes"]).float(), dim=-1)
     assert np.array_equal((img @ cls.T).argmax(-1).numpy(), preds["preds"])
+
+
+def test_toy_presets_follow_the_architecture_not_the_name(tmp_path):
+    from workbench.data.toy.pretrain import META_FILE, MODEL_NAME
+    from workbench.protocols import resolve_preset
+
+    built = tmp_path / "tiny"
+    built.mkdir()
+    (built / META_FILE).write_text(json.dumps({"model": MODEL_NAME}), encoding="utf-8")
+    other = tmp_path / "other"
+    other.mkdir()
+    assert resolve_preset("coop", "base_to_novel", "toy") == "toy"
+    assert resolve_preset("coop", "base_to_novel", f"local-dir:{built}") == "toy"
+    assert resolve_preset("coop", "base_to_novel", f"local-dir:{other}") != "toy"
+    assert resolve_preset("coop", "base_to_novel", "ViT-B-16-quickgelu") != "toy"
+    assert resolve_preset("mmrl", "few_shot", "ViT-B-16-quickgelu", "imagenet") == "few_shot_imagenet"
+    assert resolve_preset("mmrl", "few_shot", "ViT-B-16-quickgelu", "dtd") == "few_shot"

@@ -22,6 +22,25 @@ def load_backbone(name: str = EMBEDDED_BACKBONE, pretrained: str | None = None, 
     return CLIPBackbone.from_pretrained(name, pretrained, device=device)
 
 
+def is_embedded_scale(name: str) -> bool:
+    """True for backbones built like the embedded tiny CLIP (`toy`, the `wb-tiny-vit` config, or a
+    `local-dir:` folder written by the toy pretraining): they get the methods' `toy` presets."""
+    if name in (EMBEDDED_BACKBONE, "wb-tiny-vit"):
+        return True
+    if name.startswith("local-dir:"):
+        import json
+        from pathlib import Path
+
+        from .data.toy.pretrain import META_FILE, MODEL_NAME
+
+        try:
+            meta = json.loads((Path(name[len("local-dir:"):]) / META_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return meta.get("model") == MODEL_NAME
+    return False
+
+
 def default_device() -> str:
     import torch
 

@@ -167,11 +167,10 @@ def notebook_specs(methods: Sequence[str], protocol: str, datasets: Sequence[str
             preset = (presets or {}).get(method)
         if preset is not None and preset not in cls.presets:
             raise ValueError(f"{method} has no preset {preset!r}; presets: {sorted(cls.presets)}")
-        preset = preset or resolve_preset(method, protocol, backbone)
-        config = {"preset": preset}
         # nothing to train: the result depends on neither shots nor seed, so one run per dataset
         method_shots, method_seeds = (shot_list, list(seeds)) if cls.trainable else ([None], list(seeds)[:1])
         for dataset in ([datasets] if isinstance(datasets, str) else datasets):
+            config = {"preset": preset or resolve_preset(method, protocol, backbone, dataset)}
             for k in method_shots:
                 for seed in method_seeds:
                     specs.append(RunSpec(method=method, protocol=protocol, datasets=(dataset,),

@@ -48,12 +48,17 @@ class RunContext:
     metrics: dict = field(default_factory=dict)
 
 
-def resolve_preset(method: str, protocol: str, backbone: str) -> str:
+def resolve_preset(method: str, protocol: str, backbone: str, dataset: str | None = None) -> str:
     """Which named preset a run uses when none is given: the embedded toy world has its own CPU
-    budget; otherwise the protocol's preset if the method has one, else the method's default."""
+    budget; otherwise a protocol preset for the (source) dataset such as `base_to_novel_imagenet`,
+    then the protocol's preset, else the method's default."""
+    from ..models import is_embedded_scale
+
     cls = get_method_class(method)
-    if backbone == "toy" and "toy" in cls.presets:
+    if "toy" in cls.presets and is_embedded_scale(backbone):
         return "toy"
+    if dataset and f"{protocol}_{dataset.lower()}" in cls.presets:
+        return f"{protocol}_{dataset.lower()}"
     if protocol in cls.presets:
         return protocol
     return cls.default_preset

@@ -67,7 +67,7 @@ def build_specs(args) -> list:
     from .base import resolve_preset
 
     method_config, overrides = parse_settings(args.method, args.settings)
-    method_config["preset"] = args.preset or resolve_preset(args.method, args.protocol, args.backbone)
+    method_config["preset"] = args.preset or resolve_preset(args.method, args.protocol, args.backbone, args.dataset[0])
     return [RunSpec(method=args.method, protocol=args.protocol, datasets=tuple(args.dataset),
                     method_config=method_config, shots=args.shots, seed=seed, backbone=args.backbone,
                     pretrained=args.pretrained, overrides=overrides, name=args.name) for seed in args.seed]

@@ -37,6 +37,7 @@ def registry() -> Registry:
 
 def list_runs(reg: Registry) -> pd.DataFrame:
     try:
+        reg.mark_orphans_interrupted()  # runs whose process died show as interrupted, not running forever
         return reg.list()
     except Exception as exc:
         st.error(f"Cannot read the run registry at `{reg.root}`: {exc}")

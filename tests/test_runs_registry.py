@@ -248,3 +248,19 @@ def test_cli(reg, tmp_path, capsys):
     assert len(pd.read_parquet(tmp_path / "e.parquet")) == 2
     assert _cli(reg.root, "export", str(tmp_path / "e.txt"), "--format", "csv") == 0
     assert len(pd.read_csv(tmp_path / "e.txt")) == 2
+
+
+def test_runs_of_dead_processes_become_interrupted(reg):
+    import subprocess
+    import sys
+
+    alive = reg.create_or_get(spec(seed=7))
+    alive.set_status("running")  # this process: still alive
+    dead = reg.create_or_get(spec(seed=8))
+    dead.set_status("running")
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead._update(pid=int(child.stdout))  # a process that has exited
+    assert reg.mark_orphans_interrupted() == [dead.short_hash]
+    assert dead.status == "interrupted" and "resume" in dead.info()["error"]
+    assert alive.status == "running"
+    assert reg.should_run(spec(seed=8))

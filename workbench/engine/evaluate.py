@@ -39,7 +39,8 @@ def evaluate(method, ds: DatasetSplits, split: str = "test", domain: str = "base
             kept += emb.shape[0]
 
     if method.inputs == "features":
-        enc = encode_images(backbone, samples, ds.image_root, transform, cache=cache, desc=f"{ds.name}/{split}")
+        enc = encode_images(backbone, samples, ds.image_root, transform, cache=cache, desc=f"{ds.name}/{split}",
+                            progress=progress)
         for start in range(0, enc.labels.shape[0], batch_size):
             chunk = enc.features[0, start:start + batch_size].to(device)
             logits.append(method.eval_logits(chunk).float().cpu())

@@ -92,7 +92,8 @@ class EncodedImages:
 @torch.no_grad()
 def encode_images(backbone, samples: Sequence[Sample], image_root: Path, transform, *, views: int = 1,
                   seed: int = 0, batch_size: int = 128, num_workers: int = 0,
-                  cache: FeatureCache | None = None, desc: str = "encode images") -> EncodedImages:
+                  cache: FeatureCache | None = None, desc: str = "encode images",
+                  progress: bool = True) -> EncodedImages:
     """Frozen image features of `samples` (one pass per augmented view), cached on disk."""
     from ..data.images import ImageDataset, collate_skip_none
 
@@ -110,7 +111,7 @@ def encode_images(backbone, samples: Sequence[Sample], image_root: Path, transfo
                 torch.manual_seed(seed + view)
                 chunks, view_labels, view_indices = [], [], []
                 label = desc if views == 1 else f"{desc} (view {view + 1}/{views})"
-                for batch in tqdm(loader, desc=label, leave=False):
+                for batch in tqdm(loader, desc=label, leave=False, disable=not progress):
                     if batch is None:  # every image of the batch was unreadable
                         continue
                     images, batch_labels, batch_indices = batch

@@ -115,13 +115,13 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-def _train_batches(method, ds: DatasetSplits, cfg: TrainConfig, seed: int, device, cache):
+def _train_batches(method, ds: DatasetSplits, cfg: TrainConfig, seed: int, device, cache, progress=True):
     """Returns make_loader(epoch) -> iterable of (inputs, labels), and the dataset for skip counts."""
     backbone = method.backbone
     transform = train_transform(backbone.image_size, backbone.mean, backbone.std, scale=cfg.crop_scale, flip=cfg.flip)
     if method.inputs == "features":
         enc = encode_images(backbone, ds.train, ds.image_root, transform, views=cfg.feature_views, seed=seed,
-                            cache=cache, desc=f"{ds.name}/train features")
+                            cache=cache, desc=f"{ds.name}/train features", progress=progress)
 
         def make_loader(epoch):
             view = epoch % enc.features.shape[0]
@@ -152,7 +152,7 @@ def fit(method, ds: DatasetSplits, cfg: TrainConfig, *, seed: int = 1, device: s
         return result
     seed_everything(seed)
     if method.inputs == "features" and hasattr(method, "fit_closed_form") and getattr(method, "closed_form", False):
-        return _fit_closed_form(method, ds, cfg, seed, device, run, cache, result)
+        return _fit_closed_form(method, ds, cfg, seed, device, run, cache, result, progress)
 
     optimizer = build_optimizer(method, cfg)
     use_scaler = device.type == "cuda" and cfg.precision == "amp"
@@ -172,7 +172,7 @@ def fit(method, ds: DatasetSplits, cfg: TrainConfig, *, seed: int = 1, device: s
             result.resumed_from_epoch = epoch_done
             run.log(f"resumed from checkpoint of epoch {epoch_done}")
 
-    make_loader, image_dataset = _train_batches(method, ds, cfg, seed, device, cache)
+    make_loader, image_dataset = _train_batches(method, ds, cfg, seed, device, cache, progress)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.max_iters is not None and result.steps >= cfg.max_iters:
@@ -238,18 +238,18 @@ def fit(method, ds: DatasetSplits, cfg: TrainConfig, *, seed: int = 1, device: s
     return result
 
 
-def _fit_closed_form(method, ds, cfg, seed, device, run, cache, result: FitResult) -> FitResult:
+def _fit_closed_form(method, ds, cfg, seed, device, run, cache, result: FitResult, progress=True) -> FitResult:
     backbone = method.backbone
     transform = train_transform(backbone.image_size, backbone.mean, backbone.std, scale=cfg.crop_scale, flip=cfg.flip)
     enc = encode_images(backbone, ds.train, ds.image_root, transform, views=cfg.feature_views, seed=seed,
-                        cache=cache, desc=f"{ds.name}/train features")
+                        cache=cache, desc=f"{ds.name}/train features", progress=progress)
     val = None
     if ds.val:
         from ..data.transforms import test_transform
 
         val = encode_images(backbone, ds.val, ds.image_root,
                             test_transform(backbone.image_size, backbone.mean, backbone.std), cache=cache,
-                            desc=f"{ds.name}/val features")
+                            desc=f"{ds.name}/val features", progress=progress)
     scalars = method.fit_closed_form(enc.features, enc.labels, val.features[0] if val else None,
                                      val.labels if val else None)
     record = {"epoch": 0, **{k: float(v) for k, v in scalars.items()}}

@@ -37,6 +37,8 @@ def cmd_list(args) -> int:
     if args.shots is not None:
         filters["shots"] = args.shots
     reg = _registry(args)
+    for short in reg.mark_orphans_interrupted():
+        print(f"run {short}: its process is gone; marked interrupted (re-run the same command to resume)")
     df = reg.list(**filters)
     if df.empty:
         print("no runs")
@@ -83,6 +85,12 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_reindex(args) -> int:
+    reg = _registry(args)
+    print(f"indexed {reg.rebuild_index()} runs from {reg.root}")
+    return 0
+
+
 def add_commands(subparsers) -> None:
     runs = subparsers.add_parser("runs", help="list, inspect and export runs in the run registry")
     runs.add_argument("--root", default=None, help="registry root (default: $WORKBENCH_RUNS or <cache>/runs)")
@@ -103,6 +111,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("hash", help="full hash or unique prefix")
     p.add_argument("--tail", type=int, default=10, help="history rows shown (default 10)")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("reindex", help="rebuild the SQLite index from the run folders (after losing or damaging it)")
+    p.set_defaults(func=cmd_reindex)
 
     p = sub.add_parser("export", help="write the run table to CSV or parquet")
     p.add_argument("path")

@@ -483,6 +483,22 @@ class Registry:
         return path
 
     # -- maintenance ----------------------------------------------------------------------------
+    def mark_orphans_interrupted(self) -> list[str]:
+        """Runs left "running" by a process of this host that no longer exists (killed outright,
+        machine slept) become "interrupted". Returns their short hashes. Re-running the same spec
+        resumes them from their last checkpoint."""
+        host = socket.gethostname()
+        rows = self._read("SELECT hash, pid FROM runs WHERE status = 'running' AND host = ?", (host,))
+        orphans = []
+        for row in rows:
+            if row["pid"] is None or _process_alive(int(row["pid"])):
+                continue
+            run = RunHandle(self, row["hash"])
+            run.set_status("interrupted", f"process {row['pid']} ended while the run was running; "
+                                          "run the same command again to resume from the last checkpoint")
+            orphans.append(run.short_hash)
+        return orphans
+
     def rebuild_index(self) -> int:
         """Re-create index rows from the run folders (spec/status/metrics/history files).
 
@@ -534,6 +550,16 @@ class Registry:
 # ------------------------------------------------------------------------------------------------
 # RunHandle
 # ------------------------------------------------------------------------------------------------
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 class RunHandle:
     """One run: its folder, spec, status, history, metrics, predictions, log and checkpoints."""
 

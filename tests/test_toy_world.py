@@ -221,7 +221,6 @@ def test_pretrain_writes_a_loadable_local_dir(tmp_path, monkeypatch):
         fi, ft = model.encode_image(img), model.encode_text(tok(["a photo of a red star."]))
     assert fi.shape == ft.shape == (1, config["model_cfg"]["embed_dim"])
     # the saved weights are the trained ones, not a fresh init
-    fresh = open_clip.create_model("local-dir:" + str(out), load_weights=False) if False else None
     state = model.state_dict()
     from safetensors.torch import load_file
     saved = load_file(str(out / pretrain.WEIGHTS_FILE))
@@ -237,3 +236,19 @@ def test_pretrain_writes_a_loadable_local_dir(tmp_path, monkeypatch):
     assert toy.embedded_model_status()[1] == "weights hash mismatch"
     toy.ensure_embedded_model(measure=False, progress=False)
     assert len(rebuilt) == 1
+
+
+def test_kind_names_follow_a_long_tail_in_both_halves():
+    from workbench.data.toy import pretrain
+
+    cfg = pretrain.PretrainConfig()
+    rates = pretrain.naming_rates(cfg)
+    kinds = [c.name for c in world.toy_objects_classes()]
+    assert set(rates) == set(kinds)
+    values = np.array([rates[k] for k in kinds])
+    assert (values == 0).sum() == round(cfg.unnamed_fraction * len(kinds))
+    assert np.isclose(values, cfg.name_p * cfg.rare_scale).sum() == round(cfg.rare_fraction * len(kinds))
+    assert (values == cfg.name_p).sum() == len(kinds) - (values < cfg.name_p).sum()
+    half = math.ceil(len(kinds) / 2)
+    for part in (values[:half], values[half:]):  # base and new both mix the three tiers
+        assert {0.0, cfg.name_p} <= set(part.tolist()) and np.isclose(part, cfg.name_p * cfg.rare_scale).any()

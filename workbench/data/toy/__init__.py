@@ -80,7 +80,7 @@ def embedded_model_status(path: Path | None = None, verify_hash: bool = True) ->
     Usable means: config, weights and workbench_model.json exist, the world version and the model
     config match the current code, and (if `verify_hash`) the weights' sha256 matches the record.
     """
-    from .pretrain import CONFIG_FILE, WEIGHTS_FILE, model_config, read_meta, sha256_file
+    from .pretrain import CONFIG_FILE, PRETRAIN_VERSION, WEIGHTS_FILE, model_config, read_meta, sha256_file
 
     path = Path(path) if path is not None else embedded_model_dir()
     meta = read_meta(path)
@@ -88,6 +88,8 @@ def embedded_model_status(path: Path | None = None, verify_hash: bool = True) ->
         return False, "missing", meta
     if meta.get("world_version") != WORLD_VERSION:
         return False, f"world version {meta.get('world_version')} != {WORLD_VERSION}", meta
+    if meta.get("pretrain_version") != PRETRAIN_VERSION:
+        return False, f"pretraining recipe {meta.get('pretrain_version')} != {PRETRAIN_VERSION}", meta
     try:
         saved_cfg = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))["model_cfg"]
     except (OSError, ValueError, KeyError):

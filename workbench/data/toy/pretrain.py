@@ -33,6 +33,7 @@ MODEL_NAME = "wb-tiny-vit"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 CONFIG_FILE = "open_clip_config.json"
 META_FILE = "workbench_model.json"
+PRETRAIN_VERSION = 2  # bump when the caption stream or the recipe changes: cached models are rebuilt
 DEFAULT_SEED = 0
 DEFAULT_STEPS = 1000
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP normalisation
@@ -47,7 +48,10 @@ class PretrainConfig:
     lr: float = 1e-3
     warmup: float = 0.08  # fraction of steps
     weight_decay: float = 0.05
-    name_p: float = 0.2  # probability a caption names the object's kind
+    name_p: float = 0.3  # probability a caption names the object's kind (frequently named kinds)
+    rare_fraction: float = 0.25  # kinds named only rarely (name_p x rare_scale)...
+    rare_scale: float = 0.03
+    unnamed_fraction: float = 0.25  # ...and kinds never named: a long tail, as fine-grained names on the web
     shifted_p: float = 0.12  # fraction of images from the shifted domain
     model_cfg: dict = field(default_factory=dict)  # empty: the registered wb-tiny-vit config
 
@@ -75,6 +79,22 @@ def kind_of(attrs: dict) -> str:
 
 
 _KIND_BY_PAIR = {(c.attrs["shape"], c.attrs["color"]): c.name for c in world.toy_objects_classes()}
+NAMING_SEED = 4242  # which kinds are frequent, rare or never named: fixed, independent of class order
+
+
+def naming_rates(cfg: PretrainConfig) -> dict[str, float]:
+    """Probability that a caption of each kind names it: a fixed random permutation of the kinds
+    puts `unnamed_fraction` of them at 0, `rare_fraction` at name_p x rare_scale, the rest at name_p.
+    Base and new halves get a similar mix, so zero-shot is imperfect on both while the image
+    features (learned from attribute captions) still separate every kind."""
+    kinds = [c.name for c in world.toy_objects_classes()]
+    order = np.random.default_rng(NAMING_SEED).permutation(len(kinds))
+    n_unnamed, n_rare = round(cfg.unnamed_fraction * len(kinds)), round(cfg.rare_fraction * len(kinds))
+    rates = {}
+    for rank, index in enumerate(order):
+        scale = 0.0 if rank < n_unnamed else cfg.rare_scale if rank < n_unnamed + n_rare else 1.0
+        rates[kinds[index]] = cfg.name_p * scale
+    return rates
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -88,12 +108,14 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 def make_batch(cfg: PretrainConfig, step: int, size: int) -> tuple[np.ndarray, list[str]]:
     """Batch `step` of the stream: a pure function of (seed, step)."""
     rng = np.random.default_rng([cfg.seed, 7919, step])
+    rates = naming_rates(cfg)
     images, captions = [], []
     for _ in range(cfg.batch_size):
         domain = "shifted" if rng.random() < cfg.shifted_p else "source"
         attrs = world.sample_attrs(rng, domain=domain)
         images.append(world.render_array(attrs, size, rng))
-        captions.append(world.caption(attrs, rng, kind=kind_of(attrs), name_p=cfg.name_p)[0])
+        kind = kind_of(attrs)
+        captions.append(world.caption(attrs, rng, kind=kind, name_p=rates[kind])[0])
     return np.stack(images), captions
 
 
@@ -215,6 +237,7 @@ def pretrain(
     meta = {
         "model": MODEL_NAME,
         "world_version": world.WORLD_VERSION,
+        "pretrain_version": PRETRAIN_VERSION,
         "seed": cfg.seed,
         "steps": cfg.steps,
         "pretrain_config": {k: v for k, v in asdict(cfg).items() if k != "model_cfg"},

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-pytestmark = pytest.mark.slow  # pretrains a short toy CLIP; not yet timed on a quiet machine
-
 from workbench.data import base_new_split, load_few_shot
 from workbench.engine.evaluate import evaluate
 from workbench.engine.train import TrainConfig, fit

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LossOutput, Method, Preset, register_method
-from .common import clip_logits, zero_shot_text_features
+from .common import TOY_CROP_SCALE, clip_logits, zero_shot_text_features
 
 
 @dataclass
@@ -52,7 +52,7 @@ class CLIPAdapter(Method):
                           "200 epochs; 10 cached augmented views"),
         "toy": Preset({"reduction": 4, "ratio": 0.2},
                       {"optimizer": "sgd", "lr": 0.01, "batch_size": 32, "epochs": 20, "warmup_epochs": 1,
-                       "warmup_lr": 1e-4, "crop_scale": (0.5, 1.0), "feature_views": 4},
+                       "warmup_lr": 1e-4, "crop_scale": TOY_CROP_SCALE, "feature_views": 4},
                       "embedded toy world, CPU budget"),
     }
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ..engine.features import class_text_features
 from .base import LossOutput, Method, Preset, register_method
-from .common import clip_logits
+from .common import TOY_CROP_SCALE, clip_logits
 
 
 @dataclass
@@ -31,8 +31,8 @@ class CLIPLoRA(Method):
                                "max_iters": 8000},
                           "released defaults: r=2, AdamW 2e-4, cosine per iteration, 500 x shots iterations "
                           "(set train.max_iters for other shot counts)"),
-        "toy": Preset({}, {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-2, "batch_size": 32,
-                           "schedule_unit": "iter", "warmup_epochs": 0, "epochs": 10, "crop_scale": (0.5, 1.0)},
+        "toy": Preset({}, {"optimizer": "adamw", "lr": 5e-3, "weight_decay": 1e-2, "batch_size": 32,
+                           "schedule_unit": "iter", "warmup_epochs": 0, "epochs": 10, "crop_scale": TOY_CROP_SCALE},
                       "embedded toy world, CPU budget"),
     }
 

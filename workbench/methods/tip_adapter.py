@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Method, Preset, register_method
-from .common import clip_logits, zero_shot_text_features
+from .common import TOY_CROP_SCALE, clip_logits, zero_shot_text_features
 from .linear_probe import trained_class_positions
 
 # per dataset: (initial α, search scale (β, α), fine-tuning epochs), from the released configs
@@ -96,7 +96,7 @@ class TipAdapter(Method):
                           "(EuroSAT 100), β/α searched on val; α/scales per dataset from the released configs"),
         "training_free": Preset({"finetune": False}, {"feature_views": 10, "crop_scale": (0.5, 1.0), "flip": True},
                                 "Tip-Adapter without fine-tuning (cache + β/α search only)"),
-        "toy": Preset({"search_steps": (50, 10)}, {"feature_views": 4, "crop_scale": (0.5, 1.0), "flip": True},
+        "toy": Preset({"search_steps": (50, 10)}, {"feature_views": 4, "crop_scale": TOY_CROP_SCALE, "flip": True},
                       "embedded toy world, CPU budget: 4 views, coarser β/α grid"),
     }
 

@@ -3,9 +3,11 @@ PYTHON_BIN ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= dev,app,notebooks
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)-$(EXTRAS)
+PYPROJECT_SUM := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(PYPROJECT_SUM)-$(EXTRAS)
+CORE_STAMP := $(VENV)/.core-$(PYPROJECT_SUM)
 
-.PHONY: install demo test test-all clean-venv
+.PHONY: install install-core demo test test-all clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_BIN) -m venv $(VENV)
@@ -15,7 +17,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: install
+# the demo needs only the core package; a venv that already has the extras is used as it is
+$(CORE_STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON_BIN) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -e .
+	@rm -f $(VENV)/.core-*
+	@touch $(CORE_STAMP)
+
+install-core: $(CORE_STAMP)
+
+demo:
+	@test -f $(STAMP) || $(MAKE) --no-print-directory install-core
 	$(PY) -m workbench demo
 
 test: install

@@ -35,8 +35,8 @@ class CoCoOp(Method):
         "cross_dataset": Preset({}, B2N_TRAIN, "same config trained on all ImageNet classes (16 shots)"),
         "domain_generalization": Preset({}, B2N_TRAIN, "the cross-dataset ImageNet model, evaluated on its variants"),
         # every image encodes all class prompts: an epoch costs images × classes text passes
-        "toy": Preset({}, {**TOY_TRAIN, "batch_size": 8, "epochs": 2},
-                      "embedded toy world, CPU budget: batch 8 instead of 1, 2 epochs"),
+        "toy": Preset({}, {**TOY_TRAIN, "batch_size": 8, "epochs": 4},
+                      "embedded toy world, CPU budget (~1-2 min): batch 8 instead of 1, 4 epochs"),
     }
     max_prompts_per_pass = 4096  # evaluation: images per text-tower pass × classes
 

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +60,18 @@ def test_done_runs_are_skipped_and_force_reruns(data_root, tmp_path):
 
 
 RUNNER = """
-import sys, json
+import json, os, signal, sys
 from workbench.protocols import execute
 from workbench.runs import Registry, RunSpec
+from workbench.runs.registry import RunHandle
+if len(sys.argv) > 4:  # die by SIGKILL right after the checkpoint of this epoch: a crash at a known point
+    kill_after, save = int(sys.argv[4]), RunHandle.save_checkpoint
+    def save_then_die(self, state, epoch, **kw):
+        path = save(self, state, epoch, **kw)
+        if epoch == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return path
+    RunHandle.save_checkpoint = save_then_die
 spec = RunSpec.from_dict(json.loads(sys.argv[1]))
 run = execute(spec, Registry(sys.argv[2]), data_root=sys.argv[3], progress=False)
 print(json.dumps(run.metrics))
@@ -74,14 +82,10 @@ def test_killed_run_resumes_to_the_same_result(data_root, tmp_path):
     spec = coop_spec(epochs=6)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     args = [sys.executable, "-c", RUNNER, json.dumps(spec.to_dict()), str(tmp_path / "killed"), str(data_root)]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    checkpoints = tmp_path / "killed" / spec.short_hash / "checkpoints"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and not list(checkpoints.glob("*.pt")):
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    killed = subprocess.run(args + ["2"], env=env, capture_output=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "killed" / spec.short_hash / "checkpoints").glob("*.pt"))[-1:] \
+        == ["epoch_0002.pt"]
     resumed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, check=True)
     resumed_metrics = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert "resumed_from_epoch" in resumed_metrics

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -26,3 +29,20 @@ def features_dir() -> Path:
 def runs_dir() -> Path:
     """Run registry root; `WORKBENCH_RUNS` overrides `<cache>/runs`."""
     return Path(os.environ.get("WORKBENCH_RUNS") or cache_dir() / "runs").expanduser()
+
+
+@contextmanager
+def staged_dir(final: Path):
+    """Yields an empty temporary folder beside `final`; on success it replaces `final` (removed
+    first if present), on error it is deleted, so readers never see a half-written folder."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -11,13 +11,13 @@ not depend on rendering order.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from workbench.paths import staged_dir
 
 from . import world
 
@@ -118,15 +118,8 @@ def build_all(root: Path, seed: int = DEFAULT_DATA_SEED, force: bool = False,
         final = root / name
         if not force and dataset_is_current(final, seed, counts):
             continue
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-        try:
+        with staged_dir(final) as tmp:
             render_dataset(spec, tmp, seed, counts=counts)
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         built.append(name)
     return built
 

@@ -28,16 +28,11 @@ def is_embedded_scale(name: str) -> bool:
     if name in (EMBEDDED_BACKBONE, "wb-tiny-vit"):
         return True
     if name.startswith("local-dir:"):
-        import json
         from pathlib import Path
 
-        from .data.toy.pretrain import META_FILE, MODEL_NAME
+        from .data.toy.pretrain import MODEL_NAME, read_meta
 
-        try:
-            meta = json.loads((Path(name[len("local-dir:"):]) / META_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
-        return meta.get("model") == MODEL_NAME
+        return (read_meta(Path(name[len("local-dir:"):])) or {}).get("model") == MODEL_NAME
     return False
 
 

@@ -31,20 +31,22 @@ def evaluate(method, ds: DatasetSplits, split: str = "test", domain: str = "base
     logits, labels, embeddings = [], [], []
     kept = 0
 
-    def keep_embeddings(inputs):
+    def score(inputs):
         nonlocal kept
-        if kept < max_embeddings:
-            emb = method.eval_embeddings(inputs[: max_embeddings - kept]).float().cpu()
-            embeddings.append(emb)
-            kept += emb.shape[0]
+        if kept >= max_embeddings:
+            logits.append(method.eval_logits(inputs).float().cpu())
+            return
+        batch_logits, emb = method.eval_outputs(inputs)  # one encoding for both
+        logits.append(batch_logits.float().cpu())
+        emb = emb[: max_embeddings - kept].float().cpu()
+        embeddings.append(emb)
+        kept += emb.shape[0]
 
     if method.inputs == "features":
         enc = encode_images(backbone, samples, ds.image_root, transform, cache=cache, desc=f"{ds.name}/{split}",
                             progress=progress)
         for start in range(0, enc.labels.shape[0], batch_size):
-            chunk = enc.features[0, start:start + batch_size].to(device)
-            logits.append(method.eval_logits(chunk).float().cpu())
-            keep_embeddings(chunk)
+            score(enc.features[0, start:start + batch_size].to(device))
         labels = [enc.labels]
     else:
         loader = DataLoader(ImageDataset(samples, ds.image_root, transform), batch_size=batch_size,
@@ -52,10 +54,8 @@ def evaluate(method, ds: DatasetSplits, split: str = "test", domain: str = "base
         for batch in tqdm(loader, desc=f"eval {ds.name}/{split}", leave=False, disable=not progress):
             if batch is None:
                 continue
-            images = batch[0].to(device)
-            logits.append(method.eval_logits(images).float().cpu())
+            score(batch[0].to(device))
             labels.append(batch[1])
-            keep_embeddings(images)
     logits_t = torch.cat(logits) if logits else torch.empty(0, ds.num_classes)
     labels_t = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
     extra = {"domain": domain}

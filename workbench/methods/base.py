@@ -109,6 +109,11 @@ class Method(nn.Module):
     def eval_logits(self, inputs: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def eval_outputs(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, image embeddings) for evaluation that also keeps embeddings for plots. Methods
+        whose logits are computed from those embeddings override this to encode the images once."""
+        return self.eval_logits(inputs), self.eval_embeddings(inputs)
+
     def eval_embeddings(self, inputs: torch.Tensor) -> torch.Tensor:
         """Image embeddings the method scores with (for similarity histograms and t-SNE/UMAP);
         default: the frozen backbone's image features (or the cached features themselves)."""

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LossOutput, Method, Preset, register_method
-from .common import TOY_CROP_SCALE, clip_logits, zero_shot_text_features
+from .common import TOY_CROP_SCALE, ScoresImageEmbeddings, clip_logits, zero_shot_text_features
 
 
 @dataclass
@@ -40,7 +40,7 @@ def bottleneck_mlp(dim: int, reduction: int) -> nn.Sequential:
 
 
 @register_method
-class CLIPAdapter(Method):
+class CLIPAdapter(ScoresImageEmbeddings, Method):
     name = "clip_adapter"
     Config = CLIPAdapterConfig
     inputs = "features"
@@ -84,9 +84,6 @@ class CLIPAdapter(Method):
     def prepare_eval(self, task, domain):
         super().prepare_eval(task, domain)
         self.eval_text = self._text_features(task).to(self.train_text.device)
-
-    def eval_logits(self, inputs):
-        return clip_logits(self.backbone, self.eval_embeddings(inputs), self.eval_text)
 
     def eval_embeddings(self, inputs):
         return self.adapt(self._image_features(inputs))

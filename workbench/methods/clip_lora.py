@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ..engine.features import class_text_features
 from .base import LossOutput, Method, Preset, register_method
-from .common import TOY_CROP_SCALE, clip_logits
+from .common import TOY_CROP_SCALE, ScoresImageEmbeddings, clip_logits
 
 
 @dataclass
@@ -22,7 +22,7 @@ class CLIPLoRAConfig:
 
 
 @register_method
-class CLIPLoRA(Method):
+class CLIPLoRA(ScoresImageEmbeddings, Method):
     name = "clip_lora"
     Config = CLIPLoRAConfig
     presets = {
@@ -52,9 +52,3 @@ class CLIPLoRA(Method):
     def prepare_eval(self, task, domain):
         super().prepare_eval(task, domain)
         self.eval_text = class_text_features(self.backbone, task.classnames, [self.config.template])
-
-    def eval_embeddings(self, images):
-        return self.backbone.encode_image(images)  # the LoRA-adapted image tower
-
-    def eval_logits(self, images):
-        return clip_logits(self.backbone, self.backbone.encode_image(images), self.eval_text.to(images.device))

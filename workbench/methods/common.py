@@ -25,6 +25,18 @@ def clip_logits(backbone, image_features: torch.Tensor, text_features: torch.Ten
     return scale * img @ txt.t()
 
 
+class ScoresImageEmbeddings:
+    """Mixin for methods whose evaluation logits are logit_scale · cos(eval_embeddings(x), eval_text):
+    logits and embeddings then come from one image encoding."""
+
+    def eval_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.eval_outputs(inputs)[0]
+
+    def eval_outputs(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embeddings = self.eval_embeddings(inputs)
+        return clip_logits(self.backbone, embeddings, self.eval_text.to(embeddings.device)), embeddings
+
+
 def zero_shot_text_features(backbone, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
     """Frozen CLIP class embeddings (template ensemble), computed with every extension disabled."""
     with backbone.extensions_disabled():

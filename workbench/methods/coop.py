@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import LossOutput, Method, Preset, register_method
-from .common import TOY_CROP_SCALE, TextContext, clip_logits
+from .common import TOY_CROP_SCALE, ScoresImageEmbeddings, TextContext, clip_logits
 
 
 @dataclass
@@ -22,7 +22,7 @@ TOY_TRAIN = {"optimizer": "sgd", "lr": 0.01, "batch_size": 32, "epochs": 10, "wa
 
 
 @register_method
-class CoOp(Method):
+class CoOp(ScoresImageEmbeddings, Method):
     name = "coop"
     Config = CoOpConfig
     presets = {
@@ -56,6 +56,3 @@ class CoOp(Method):
             raise ValueError("class-specific context cannot score classes it was not trained on")
         with torch.no_grad():
             self.eval_text = self.class_features(self.context.tokenized(task.classnames))
-
-    def eval_logits(self, images):
-        return clip_logits(self.backbone, self.backbone.encode_image(images), self.eval_text)

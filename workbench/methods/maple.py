@@ -19,7 +19,7 @@ from torch import nn
 
 from ..backbone import EMBED, END, CallableTokens
 from .base import LossOutput, Method, Preset, register_method
-from .common import clip_logits
+from .common import ScoresImageEmbeddings, clip_logits
 from .coop import TOY_TRAIN
 
 
@@ -141,7 +141,7 @@ TOY_DEEP_TRAIN = {**TOY_TRAIN, "epochs": 5}
 
 
 @register_method
-class IVLP(Method):
+class IVLP(ScoresImageEmbeddings, Method):
     name = "ivlp"
     Config = IVLPConfig
     default_preset = "base_to_novel"
@@ -185,9 +185,6 @@ class IVLP(Method):
         super().prepare_eval(task, domain)
         with torch.no_grad():
             self.eval_text = self.backbone.encode_text(self.text_prompts.tokenized(task.classnames))
-
-    def eval_logits(self, images):
-        return clip_logits(self.backbone, self.backbone.encode_image(images), self.eval_text)
 
 
 MAPLE_CROSS = Preset({"depth": 3}, {**B2N_MAPLE_TRAIN, "lr": 0.0026, "epochs": 2},

@@ -269,10 +269,17 @@ class MMRL(Method):
         self.eval_head = self.head_for(domain)
 
     def eval_logits(self, images):
+        return self.eval_outputs(images)[0]
+
+    def eval_outputs(self, images):
+        """Logits of the domain's head, and the class-token feature f_c as the image embedding."""
         fused = self.eval_head == "fused"
         f_class, f_rep = self.image_features(images, with_rep=fused)
         logits = self.logits(f_class, self.eval_text)
-        return self.fuse(logits, self.logits(f_rep, self.eval_text)) if fused else logits
+        return (self.fuse(logits, self.logits(f_rep, self.eval_text)) if fused else logits), f_class
+
+    def eval_embeddings(self, images):
+        return self.image_features(images, with_rep=False)[0]
 
 
 def _identical_linears(d_in: int, d_out: int, count: int) -> nn.ModuleList:

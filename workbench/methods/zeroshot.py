@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from ..engine.features import class_text_features
 from .base import Method, Preset, register_method
-from .common import clip_logits
+from .common import ScoresImageEmbeddings
 
 
 @dataclass
@@ -14,7 +14,7 @@ class ZeroShotConfig:
 
 
 @register_method
-class ZeroShotCLIP(Method):
+class ZeroShotCLIP(ScoresImageEmbeddings, Method):
     name = "zeroshot"
     Config = ZeroShotConfig
     presets = {"default": Preset(description="dataset templates, no training")}
@@ -24,6 +24,3 @@ class ZeroShotCLIP(Method):
         super().prepare_eval(task, domain)
         templates = self.config.templates or task.templates
         self.eval_text = class_text_features(self.backbone, task.classnames, templates).to(self.backbone.device)
-
-    def eval_logits(self, images):
-        return clip_logits(self.backbone, self.backbone.encode_image(images), self.eval_text)

@@ -140,9 +140,10 @@ class LinearProbe(Method):
         with torch.no_grad():
             self.weight.zero_()
             self.bias.fill_(MISSING_CLASS_BIAS)
-            rows = torch.as_tensor(clf.classes_, dtype=torch.long)
-            self.weight[rows] = torch.as_tensor(coef, dtype=self.weight.dtype)
-            self.bias[rows] = torch.as_tensor(intercept, dtype=self.bias.dtype)
+            device = self.weight.device  # sklearn's arrays are on the CPU; the probe may be on a GPU
+            rows = torch.as_tensor(clf.classes_, dtype=torch.long, device=device)
+            self.weight[rows] = torch.as_tensor(coef, dtype=self.weight.dtype, device=device)
+            self.bias[rows] = torch.as_tensor(intercept, dtype=self.bias.dtype, device=device)
 
     def prepare_eval(self, task, domain):
         super().prepare_eval(task, domain)

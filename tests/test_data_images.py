@@ -79,3 +79,56 @@ def test_transforms_shapes_and_normalization():
     crop = t.transforms[0]
     assert crop.scale == (0.5, 1.0) and crop.interpolation.value == "bicubic"
     assert tfm.train_transform(16).transforms[0].scale == (0.08, 1.0)
+
+
+def _png(path, color, size=8):
+    Image.new("RGB", (size, size), color).save(path)
+    return path
+
+
+def test_decoded_image_cache_hits_rereads_changed_files_and_evicts(tmp_path, monkeypatch):
+    from workbench.data import images as images_mod
+
+    opened = []
+    real_open = images_mod.open_rgb
+    monkeypatch.setattr(images_mod, "open_rgb", lambda p: opened.append(str(p)) or real_open(p))
+    a, b, c = (_png(tmp_path / f"{n}.png", (i * 80, 0, 0)) for i, n in enumerate("abc"))
+    cache = images_mod.DecodedImageCache(max_bytes=2 * 8 * 8 * 3)  # room for two 8x8 images
+    assert cache.get(a).getpixel((0, 0)) == (0, 0, 0)
+    assert cache.get(a).getpixel((0, 0)) == (0, 0, 0)
+    assert opened == [str(a)] and (cache.hits, cache.misses) == (1, 1)
+
+    _png(a, (5, 6, 7))  # rewritten (new mtime/size key): decoded again, not served stale
+    import os
+    os.utime(a, ns=(10**18, 10**18))
+    assert cache.get(a).getpixel((0, 0)) == (5, 6, 7)
+    assert opened.count(str(a)) == 2
+
+    cache.clear()
+    cache.get(a), cache.get(b), cache.get(a), cache.get(c)  # b is least recently used when c arrives
+    assert cache.bytes <= cache.max_bytes
+    opened.clear()
+    cache.get(a), cache.get(c), cache.get(b)
+    assert opened == [str(b)]
+
+
+def test_dataset_reads_through_the_cache_and_still_skips_corrupt_files(tmp_path):
+    from workbench.data.images import DecodedImageCache
+
+    make_eurosat(tmp_path)
+    ds = load_dataset("eurosat", root=tmp_path)
+    cache = DecodedImageCache(max_bytes=2**24)
+    data = ImageDataset(ds.test, ds.image_root, tfm.test_transform(16), cache=cache)
+    uncached = ImageDataset(ds.test, ds.image_root, tfm.test_transform(16), cache=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = [data[i] for i in range(len(data))]
+        again = [data[i] for i in range(len(data))]
+        plain = [uncached[i] for i in range(len(uncached))]
+    readable = len(ds.test) - 1
+    assert cache.misses == readable + 2 and cache.hits == readable  # the corrupt file: a miss every time
+    for x, y, z in zip(first, again, plain):
+        assert (x is None) == (y is None) == (z is None)
+        if x is not None:
+            assert torch.equal(x[0], y[0]) and torch.equal(x[0], z[0])
+    assert data.skipped == [CORRUPT]

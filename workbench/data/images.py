@@ -7,12 +7,16 @@ item was unreadable collates to `None` (skip it in the loop).
 
 Skips are also appended to a small log file, so they are counted when DataLoader workers (other
 processes) did the reading: `dataset.skipped` merges both.
+
+Decoded images are kept in memory (`DecodedImageCache`, bounded by WORKBENCH_IMAGE_CACHE_MB,
+default 1024; 0 turns it off): few-shot training reads the same few images every epoch.
 """
 from __future__ import annotations
 
 import os
 import tempfile
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -33,6 +37,55 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
         return img.convert("RGB")
 
 
+class DecodedImageCache:
+    """Decoded RGB images in memory, least recently used evicted first, within `max_bytes`.
+
+    Keyed by path, modification time and size, so a file that changes is decoded again. Cached
+    images are shared: transforms must return new images (torchvision's do), never edit in place.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max(0, int(max_bytes))
+        self._items: OrderedDict[tuple, Image.Image] = OrderedDict()
+        self.bytes = 0
+        self.hits = self.misses = 0
+
+    def get(self, path: str | os.PathLike) -> Image.Image:
+        if self.max_bytes == 0:
+            return open_rgb(path)
+        st = os.stat(path)
+        key = (os.fspath(path), st.st_mtime_ns, st.st_size)
+        img = self._items.get(key)
+        if img is not None:
+            self._items.move_to_end(key)
+            self.hits += 1
+            return img
+        self.misses += 1
+        img = open_rgb(path)
+        size = img.width * img.height * 3
+        if size <= self.max_bytes:
+            self._items[key] = img
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self.bytes -= old.width * old.height * 3
+        return img
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.bytes = 0
+
+
+def _cache_budget() -> int:
+    try:
+        return int(float(os.environ.get("WORKBENCH_IMAGE_CACHE_MB", "1024")) * 2**20)
+    except ValueError:
+        return 1024 * 2**20
+
+
+decoded_images = DecodedImageCache(_cache_budget())
+
+
 class ImageDataset(Dataset):
     def __init__(
         self,
@@ -40,10 +93,12 @@ class ImageDataset(Dataset):
         image_root: str | os.PathLike,
         transform: Callable[[Image.Image], Any] | None = None,
         skip_log: str | os.PathLike | None = None,
+        cache: DecodedImageCache | None = decoded_images,
     ):
         self.samples = list(samples)
         self.image_root = Path(image_root)
         self.transform = transform
+        self.cache = cache
         self._skipped: list[str] = []
         self._warned: set[str] = set()
         self._owner_pid = os.getpid()
@@ -61,7 +116,7 @@ class ImageDataset(Dataset):
         s = self.samples[index]
         path = self.image_root / s.path
         try:
-            img = open_rgb(path)
+            img = self.cache.get(path) if self.cache is not None else open_rgb(path)
         except Exception as e:  # noqa: BLE001 - any unreadable file is skipped, never fatal
             self._record_skip(s.path, e)
             return None
@@ -126,4 +181,5 @@ def check_image(path: str | os.PathLike) -> str | None:
     return None
 
 
-__all__ = ["ImageDataset", "collate_skip_none", "check_image", "open_rgb", "UnreadableImageWarning"]
+__all__ = ["ImageDataset", "DecodedImageCache", "decoded_images", "collate_skip_none", "check_image", "open_rgb",
+           "UnreadableImageWarning"]

@@ -1,4 +1,5 @@
 # The two commands of the README: `make demo` (main job on the embedded default) and `make test`.
+# --no-compile: byte-compiling all of torch at install costs ~1 min; modules compile when first imported.
 PYTHON_BIN ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +12,7 @@ CORE_STAMP := $(VENV)/.core-$(PYPROJECT_SUM)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_BIN) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[$(EXTRAS)]'
+	$(PY) -m pip install --disable-pip-version-check --no-compile -q -e '.[$(EXTRAS)]'
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
@@ -20,7 +21,7 @@ install: $(STAMP)
 # the demo needs only the core package; a venv that already has the extras is used as it is
 $(CORE_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_BIN) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e .
+	$(PY) -m pip install --disable-pip-version-check --no-compile -q -e .
 	@rm -f $(VENV)/.core-*
 	@touch $(CORE_STAMP)
 

@@ -101,6 +101,10 @@ def encode_images(backbone, samples: Sequence[Sample], image_root: Path, transfo
              "transform": repr(transform), "views": views, "seed": seed if views > 1 else None}
 
     def compute():
+        with backbone.extensions_disabled():  # the frozen tower: the model id must say what encoded
+            return encode()
+
+    def encode():
         dataset = ImageDataset(list(samples), image_root, transform)
         feats, labels, indices = [], None, None
         for view in range(views):

@@ -39,6 +39,9 @@ class TrainConfig:
     eval_batch_size: int = 128
     num_workers: int = 0
     feature_views: int = 10  # augmented views cached per image for methods trained on features
+    # methods with a frozen image tower (CoOp family) train on `feature_views` cached augmented views,
+    # epoch e reading view e % feature_views, instead of encoding fresh crops every epoch
+    cached_features: bool = False
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "TrainConfig":
@@ -119,7 +122,7 @@ def _train_batches(method, ds: DatasetSplits, cfg: TrainConfig, seed: int, devic
     """Returns make_loader(epoch) -> iterable of (inputs, labels), and the dataset for skip counts."""
     backbone = method.backbone
     transform = train_transform(backbone.image_size, backbone.mean, backbone.std, scale=cfg.crop_scale, flip=cfg.flip)
-    if method.inputs == "features":
+    if method.reads_cached_features(cfg):
         enc = encode_images(backbone, ds.train, ds.image_root, transform, views=cfg.feature_views, seed=seed,
                             cache=cache, desc=f"{ds.name}/train features", progress=progress)
 

@@ -63,6 +63,9 @@ class Method(nn.Module):
     default_preset: ClassVar[str] = "default"
     trainable: ClassVar[bool] = True  # False: nothing to train (zero-shot)
     inputs: ClassVar[str] = "images"  # "features": trained on cached frozen image features
+    # the image tower stays frozen and unextended: evaluation reads cached test features, and training
+    # can too (TrainConfig.cached_features); inputs are then features [B, D] instead of images
+    frozen_image_tower: ClassVar[bool] = False
 
     def __init__(self, backbone: CLIPBackbone, task: ClassTask, config):
         super().__init__()
@@ -117,9 +120,22 @@ class Method(nn.Module):
     def eval_embeddings(self, inputs: torch.Tensor) -> torch.Tensor:
         """Image embeddings the method scores with (for similarity histograms and t-SNE/UMAP);
         default: the frozen backbone's image features (or the cached features themselves)."""
-        if self.inputs == "features":
+        return self.frozen_image_features(inputs)
+
+    def frozen_image_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The frozen image tower's features: `inputs` are images [B, 3, H, W] (encoded here, without
+        gradients) or features [B, D] already encoded (cached)."""
+        if inputs.dim() == 2:
             return inputs
-        return self.backbone.encode_image(inputs)
+        with torch.no_grad():
+            return self.backbone.encode_image(inputs)
+
+    def reads_cached_features(self, train_cfg=None) -> bool:
+        """Whether the engine feeds cached frozen features instead of images (in evaluation when
+        `train_cfg` is None, else in training)."""
+        if self.inputs == "features":
+            return True
+        return self.frozen_image_tower and (train_cfg is None or bool(train_cfg.cached_features))
 
     def eval_class_embeddings(self) -> torch.Tensor | None:
         """Class embeddings [C, D] of the current evaluation classes, if the method has them."""

@@ -66,19 +66,13 @@ class CLIPAdapter(ScoresImageEmbeddings, Method):
     def _text_features(self, task) -> torch.Tensor:
         return zero_shot_text_features(self.backbone, task.classnames, self.config.templates or task.templates)
 
-    def _image_features(self, inputs: torch.Tensor) -> torch.Tensor:
-        if inputs.dim() == 4:  # images: encode with the frozen tower
-            with torch.no_grad():
-                return self.backbone.encode_image(inputs)
-        return inputs
-
     def adapt(self, features: torch.Tensor) -> torch.Tensor:
         """α · MLP(f) + (1 − α) · f on the unnormalized feature (α = 0: the frozen feature itself)."""
         ratio = self.config.ratio
         return ratio * self.adapter(features) + (1 - ratio) * features
 
     def training_loss(self, inputs, labels):
-        logits = clip_logits(self.backbone, self.adapt(self._image_features(inputs)), self.train_text)
+        logits = clip_logits(self.backbone, self.adapt(self.frozen_image_features(inputs)), self.train_text)
         return LossOutput(F.cross_entropy(logits, labels), logits=logits.detach())
 
     def prepare_eval(self, task, domain):
@@ -86,4 +80,4 @@ class CLIPAdapter(ScoresImageEmbeddings, Method):
         self.eval_text = self._text_features(task).to(self.train_text.device)
 
     def eval_embeddings(self, inputs):
-        return self.adapt(self._image_features(inputs))
+        return self.adapt(self.frozen_image_features(inputs))

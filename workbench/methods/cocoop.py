@@ -28,6 +28,7 @@ B2N_TRAIN = {"optimizer": "sgd", "lr": 0.002, "batch_size": 1, "epochs": 10}
 class CoCoOp(Method):
     name = "cocoop"
     Config = CoCoOpConfig
+    frozen_image_tower = True
     default_preset = "base_to_novel"
     presets = {
         "base_to_novel": Preset({}, B2N_TRAIN, "released vit_b16_c4_ep10_batch1_ctxv1: 4 tokens from 'a photo of a', "
@@ -61,8 +62,7 @@ class CoCoOp(Method):
         return clip_logits(self.backbone, image_features, text.view(batch, classes, -1))
 
     def training_loss(self, images, labels):
-        with torch.no_grad():
-            image_features = self.backbone.encode_image(images)
+        image_features = self.frozen_image_features(images)
         logits = self.conditioned_logits(image_features, self.train_tokens)
         return LossOutput(F.cross_entropy(logits, labels), logits=logits.detach())
 
@@ -71,7 +71,7 @@ class CoCoOp(Method):
         self.eval_tokens = self.context.tokenized(task.classnames)
 
     def eval_logits(self, images):
-        image_features = self.backbone.encode_image(images)
+        image_features = self.frozen_image_features(images)
         step = max(1, self.max_prompts_per_pass // self.eval_tokens.shape[0])
         return torch.cat([self.conditioned_logits(image_features[i:i + step], self.eval_tokens)
                           for i in range(0, image_features.shape[0], step)])

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ..engine.gradients import loss_gradients, project_conflicting_all, write_gradients
 from .base import LossOutput, Method, Preset, register_method
 from .common import TextContext, clip_logits, zero_shot_text_features
-from .coop import TOY_TRAIN, CoOp
+from .coop import TOY_CACHED_VIEWS, TOY_TRAIN, CoOp
 
 
 @dataclass
@@ -55,7 +55,7 @@ class ProGrad(CoOp):
                            "λ=1, T=1, SGD 0.002, 200 epochs (1 shot: 50, 2/4 shots: 100 epochs)"),
         "base_to_novel": Preset({}, {"optimizer": "sgd", "lr": 0.002, "batch_size": 32, "epochs": 100},
                                 "released base-to-novel script (rn50_ep100.yaml, N_CTX 16, λ=1): 100 epochs"),
-        "toy": Preset({"n_ctx": 8}, TOY_TRAIN, "embedded toy world, CPU budget"),
+        "toy": Preset({"n_ctx": 8}, {**TOY_TRAIN, **TOY_CACHED_VIEWS}, "embedded toy world, CPU budget"),
     }
 
     def __init__(self, backbone, task, config):
@@ -67,8 +67,8 @@ class ProGrad(CoOp):
             backbone, task.classnames, config.templates or task.templates), persistent=False)
 
     def losses(self, images, labels):
+        image_features = self.frozen_image_features(images)  # CoOp leaves the image tower frozen
         with torch.no_grad():
-            image_features = self.backbone.encode_image(images)  # CoOp leaves the image tower frozen
             teacher = clip_logits(self.backbone, image_features, self.zero_shot_text)
         logits = clip_logits(self.backbone, image_features, self.class_features(self.train_tokens))
         ce = F.cross_entropy(logits, labels)

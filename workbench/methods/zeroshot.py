@@ -19,6 +19,7 @@ class ZeroShotCLIP(ScoresImageEmbeddings, Method):
     Config = ZeroShotConfig
     presets = {"default": Preset(description="dataset templates, no training")}
     trainable = False
+    frozen_image_tower = True
 
     def prepare_eval(self, task, domain):
         super().prepare_eval(task, domain)

@@ -1,0 +1,87 @@
+"""Methods with a frozen image tower (zero-shot, the CoOp family) read cached image features:
+always in evaluation, in training when `cached_features` is set. The cached path must compute
+exactly what the image path computes."""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+
+from workbench.data.images import ImageDataset
+from workbench.data.transforms import test_transform as eval_transform
+from workbench.engine.evaluate import evaluate
+from workbench.engine.features import FeatureCache, encode_images
+from workbench.engine.train import TrainConfig, fit
+from workbench.methods import ClassTask, build_method
+
+DETERMINISTIC = {"optimizer": "sgd", "lr": 0.05, "batch_size": 4, "epochs": 3, "warmup_epochs": 0,
+                 "crop_scale": (1.0, 1.0), "flip": False}
+
+
+def _coop(backbone, ds):
+    return build_method("coop", backbone, ClassTask.from_splits(ds), overrides={"n_ctx": 4, "ctx_init": "a photo of a"})
+
+
+def test_evaluation_on_cached_features_equals_scoring_the_images(tiny_backbone, color_dataset, tmp_path):
+    tiny_backbone.clear_extensions()
+    method = _coop(tiny_backbone, color_dataset)
+    try:
+        with torch.no_grad():
+            method.context.ctx.add_(0.1 * torch.randn_like(method.context.ctx))
+        assert method.reads_cached_features()
+        result = evaluate(method, color_dataset, progress=False, cache=FeatureCache(tmp_path))
+        loader = DataLoader(ImageDataset(color_dataset.test, color_dataset.image_root,
+                                         eval_transform(tiny_backbone.image_size, tiny_backbone.mean, tiny_backbone.std)),
+                            batch_size=64)
+        with torch.no_grad():
+            by_hand = torch.cat([method.eval_logits(images) for images, _, _ in loader])  # images in, encoded inside
+        assert torch.allclose(torch.from_numpy(result.logits), by_hand, atol=1e-5)
+    finally:
+        tiny_backbone.clear_extensions()
+
+
+def test_training_on_one_cached_view_equals_training_on_images(tiny_backbone, color_dataset, tmp_path):
+    """With a deterministic transform and one view, cached features are the images' features, and the
+    shuffling is the same: the learned context must match the image path's."""
+    learned = {}
+    for cached in (False, True):
+        tiny_backbone.clear_extensions()
+        torch.manual_seed(0)
+        method = _coop(tiny_backbone, color_dataset)
+        cfg = TrainConfig.from_dict({**DETERMINISTIC, "cached_features": cached, "feature_views": 1})
+        assert method.reads_cached_features(cfg) is cached
+        fit(method, color_dataset, cfg, seed=3, progress=False, cache=FeatureCache(tmp_path))
+        learned[cached] = method.context.ctx.detach().clone()
+    tiny_backbone.clear_extensions()
+    assert not torch.allclose(learned[True], _coop(tiny_backbone, color_dataset).context.ctx)  # it did train
+    tiny_backbone.clear_extensions()
+    assert torch.allclose(learned[False], learned[True], atol=1e-5)
+
+
+def test_runs_of_one_seed_share_the_cached_views(tiny_backbone, color_dataset, tmp_path):
+    cache = FeatureCache(tmp_path)
+    cfg = TrainConfig.from_dict({**DETERMINISTIC, "epochs": 2, "cached_features": True, "feature_views": 2,
+                                 "crop_scale": (0.5, 1.0), "flip": True})
+    for name in ("coop", "kgcoop"):
+        tiny_backbone.clear_extensions()
+        fit(build_method(name, tiny_backbone, ClassTask.from_splits(color_dataset)), color_dataset, cfg, seed=1,
+            progress=False, cache=cache)
+    tiny_backbone.clear_extensions()
+    assert (cache.misses, cache.hits) == (1, 1)
+
+
+def test_cached_features_come_from_the_frozen_tower(tiny_backbone, color_dataset):
+    """Whatever is attached to the backbone, encode_images stores the plain tower's features."""
+    transform = eval_transform(tiny_backbone.image_size, tiny_backbone.mean, tiny_backbone.std)
+    tiny_backbone.clear_extensions()
+    plain = encode_images(tiny_backbone, color_dataset.test, color_dataset.image_root, transform, progress=False)
+    try:
+        for lora in tiny_backbone.visual.add_lora(r=2):
+            torch.nn.init.normal_(lora.lora_B, std=0.5)
+        images = next(iter(DataLoader(ImageDataset(color_dataset.test, color_dataset.image_root, transform),
+                                      batch_size=len(color_dataset.test))))[0]
+        with torch.no_grad():
+            assert not torch.allclose(tiny_backbone.encode_image(images), plain.features[0], atol=1e-3)
+        again = encode_images(tiny_backbone, color_dataset.test, color_dataset.image_root, transform, progress=False)
+        assert torch.allclose(again.features, plain.features, atol=1e-6)
+    finally:
+        tiny_backbone.clear_extensions()

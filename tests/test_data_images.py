@@ -132,3 +132,16 @@ def test_dataset_reads_through_the_cache_and_still_skips_corrupt_files(tmp_path)
         if x is not None:
             assert torch.equal(x[0], y[0]) and torch.equal(x[0], z[0])
     assert data.skipped == [CORRUPT]
+
+
+def test_dataloader_workers_bypass_the_cache(tmp_path, monkeypatch):
+    from workbench.data import images as images_mod
+
+    path = _png(tmp_path / "a.png", (1, 2, 3))
+    cache = images_mod.DecodedImageCache(max_bytes=2**20)
+    monkeypatch.setattr(images_mod, "get_worker_info", lambda: object())  # as inside a worker process
+    cache.get(path), cache.get(path)
+    assert (cache.hits, cache.misses, cache.bytes) == (0, 0, 0)
+    monkeypatch.setattr(images_mod, "get_worker_info", lambda: None)
+    cache.get(path), cache.get(path)
+    assert (cache.hits, cache.misses) == (1, 1)

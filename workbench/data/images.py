@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from PIL import Image
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from workbench.data.types import Sample
 
@@ -42,6 +42,8 @@ class DecodedImageCache:
 
     Keyed by path, modification time and size, so a file that changes is decoded again. Cached
     images are shared: transforms must return new images (torchvision's do), never edit in place.
+    DataLoader worker processes bypass it: they end with their epoch, so a copy per worker would
+    only multiply the memory.
     """
 
     def __init__(self, max_bytes: int):
@@ -51,7 +53,7 @@ class DecodedImageCache:
         self.hits = self.misses = 0
 
     def get(self, path: str | os.PathLike) -> Image.Image:
-        if self.max_bytes == 0:
+        if self.max_bytes == 0 or get_worker_info() is not None:
             return open_rgb(path)
         st = os.stat(path)
         key = (os.fspath(path), st.st_mtime_ns, st.st_size)

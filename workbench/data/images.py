@@ -48,7 +48,7 @@ class DecodedImageCache:
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max(0, int(max_bytes))
-        self._items: OrderedDict[tuple, Image.Image] = OrderedDict()
+        self._items: OrderedDict[tuple, tuple[Image.Image, int]] = OrderedDict()  # key -> (image, bytes)
         self.bytes = 0
         self.hits = self.misses = 0
 
@@ -57,20 +57,20 @@ class DecodedImageCache:
             return open_rgb(path)
         st = os.stat(path)
         key = (os.fspath(path), st.st_mtime_ns, st.st_size)
-        img = self._items.get(key)
-        if img is not None:
+        item = self._items.get(key)
+        if item is not None:
             self._items.move_to_end(key)
             self.hits += 1
-            return img
+            return item[0]
         self.misses += 1
         img = open_rgb(path)
         size = img.width * img.height * 3
         if size <= self.max_bytes:
-            self._items[key] = img
+            self._items[key] = (img, size)
             self.bytes += size
             while self.bytes > self.max_bytes:
-                _, old = self._items.popitem(last=False)
-                self.bytes -= old.width * old.height * 3
+                _, (_, old_size) = self._items.popitem(last=False)
+                self.bytes -= old_size
         return img
 
     def clear(self) -> None:

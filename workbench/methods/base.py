@@ -119,12 +119,13 @@ class Method(nn.Module):
 
     def eval_embeddings(self, inputs: torch.Tensor) -> torch.Tensor:
         """Image embeddings the method scores with (for similarity histograms and t-SNE/UMAP);
-        default: the frozen backbone's image features (or the cached features themselves)."""
-        return self.frozen_image_features(inputs)
+        default: the image tower's features (or the cached features themselves)."""
+        return self.image_tower_features(inputs)
 
-    def frozen_image_features(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The frozen image tower's features: `inputs` are images [B, 3, H, W] (encoded here, without
-        gradients) or features [B, D] already encoded (cached)."""
+    def image_tower_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Image-tower features without gradients: images [B, 3, H, W] are encoded by the tower as the
+        method left it (frozen for the CoOp family, LoRA-adapted for CLIP-LoRA); features [B, D],
+        already encoded (cached), pass through."""
         if inputs.dim() == 2:
             return inputs
         with torch.no_grad():

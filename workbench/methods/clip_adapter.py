@@ -72,7 +72,7 @@ class CLIPAdapter(ScoresImageEmbeddings, Method):
         return ratio * self.adapter(features) + (1 - ratio) * features
 
     def training_loss(self, inputs, labels):
-        logits = clip_logits(self.backbone, self.adapt(self.frozen_image_features(inputs)), self.train_text)
+        logits = clip_logits(self.backbone, self.adapt(self.image_tower_features(inputs)), self.train_text)
         return LossOutput(F.cross_entropy(logits, labels), logits=logits.detach())
 
     def prepare_eval(self, task, domain):
@@ -80,4 +80,4 @@ class CLIPAdapter(ScoresImageEmbeddings, Method):
         self.eval_text = self._text_features(task).to(self.train_text.device)
 
     def eval_embeddings(self, inputs):
-        return self.adapt(self.frozen_image_features(inputs))
+        return self.adapt(self.image_tower_features(inputs))

@@ -62,7 +62,7 @@ class CoCoOp(Method):
         return clip_logits(self.backbone, image_features, text.view(batch, classes, -1))
 
     def training_loss(self, images, labels):
-        image_features = self.frozen_image_features(images)
+        image_features = self.image_tower_features(images)
         logits = self.conditioned_logits(image_features, self.train_tokens)
         return LossOutput(F.cross_entropy(logits, labels), logits=logits.detach())
 
@@ -71,7 +71,7 @@ class CoCoOp(Method):
         self.eval_tokens = self.context.tokenized(task.classnames)
 
     def eval_logits(self, images):
-        image_features = self.frozen_image_features(images)
+        image_features = self.image_tower_features(images)
         step = max(1, self.max_prompts_per_pass // self.eval_tokens.shape[0])
         return torch.cat([self.conditioned_logits(image_features[i:i + step], self.eval_tokens)
                           for i in range(0, image_features.shape[0], step)])

@@ -49,7 +49,7 @@ class CoOp(ScoresImageEmbeddings, Method):
         return self.context.encode(tokens)
 
     def training_loss(self, images, labels):
-        image_features = self.frozen_image_features(images)
+        image_features = self.image_tower_features(images)
         logits = clip_logits(self.backbone, image_features, self.class_features(self.train_tokens))
         return LossOutput(F.cross_entropy(logits, labels), logits=logits.detach())
 

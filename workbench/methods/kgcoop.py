@@ -38,7 +38,7 @@ class KgCoOp(CoOp):
                              persistent=False)
 
     def training_loss(self, images, labels):
-        image_features = self.frozen_image_features(images)
+        image_features = self.image_tower_features(images)
         text = self.class_features(self.train_tokens)
         logits = clip_logits(self.backbone, image_features, text)
         ce = F.cross_entropy(logits, labels)

@@ -67,7 +67,7 @@ class ProGrad(CoOp):
             backbone, task.classnames, config.templates or task.templates), persistent=False)
 
     def losses(self, images, labels):
-        image_features = self.frozen_image_features(images)  # CoOp leaves the image tower frozen
+        image_features = self.image_tower_features(images)  # CoOp leaves the image tower frozen
         with torch.no_grad():
             teacher = clip_logits(self.backbone, image_features, self.zero_shot_text)
         logits = clip_logits(self.backbone, image_features, self.class_features(self.train_tokens))

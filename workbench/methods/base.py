@@ -61,6 +61,10 @@ class Method(nn.Module):
     Config: ClassVar[type] = None
     presets: ClassVar[dict[str, Preset]] = {}
     default_preset: ClassVar[str] = "default"
+    # behaviour version: part of every run's identity; bump it when a change alters this method's results
+    version: ClassVar[int] = 1
+    # the names the transcribed papers give this method (first = the usual one), for ours-vs-paper joins
+    paper_names: ClassVar[tuple[str, ...]] = ()
     trainable: ClassVar[bool] = True  # False: nothing to train (zero-shot)
     inputs: ClassVar[str] = "images"  # "features": trained on cached frozen image features
     # the image tower stays frozen and unextended: evaluation reads cached test features, and training

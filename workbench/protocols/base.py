@@ -20,12 +20,43 @@ from ..engine.train import TrainConfig, fit
 from ..methods import ClassTask, build_method, get_method_class
 from ..runs import Registry, RunSpec
 
-PROTOCOLS: dict[str, Callable] = {}
+@dataclass(frozen=True)
+class ProtocolInfo:
+    """What a protocol declares about itself; the CLI, launcher, app and comparison tables read this."""
+
+    name: str
+    run: Callable  # run(ctx: RunContext) -> metrics dict
+    description: str = ""
+    min_datasets: int = 1
+    max_datasets: int | None = 1  # None: any number of targets after the source
+    metrics: tuple[str, ...] = ()  # metric columns it always writes (base/new/hm, top1, average)
+    per_dataset_metrics: bool = False  # also one top-1 column named after each dataset (source, targets)
+    domains: tuple[str, ...] = ("base",)  # evaluation domains it asks methods for (methods.DOMAINS)
+    namespace: str | None = None  # prefix of its own settings (`--set <namespace>.<field>=...`)
+    settings: type | None = None  # dataclass of those settings (None: it has none)
+    version: int = 1  # behaviour version, part of every run's identity
+
+    def dataset_count_error(self, n: int) -> str | None:
+        """Why `n` datasets do not fit this protocol (None when they do)."""
+        if self.max_datasets == 1 and n != 1:
+            return f"{self.name} takes exactly one dataset, got {n}"
+        if n < self.min_datasets:
+            return (f"{self.name} needs a source dataset and at least {self.min_datasets - 1} target(s) "
+                    f"(the first one is the source), got {n}")
+        if self.max_datasets is not None and n > self.max_datasets:
+            return f"{self.name} takes at most {self.max_datasets} datasets, got {n}"
+        return None
 
 
-def register_protocol(name: str):
+PROTOCOLS: dict[str, ProtocolInfo] = {}
+
+
+def register_protocol(name: str, **meta):
+    """Decorator: register `fn(ctx) -> metrics` as protocol `name` with its `ProtocolInfo` fields."""
     def wrap(fn):
-        PROTOCOLS[name] = fn
+        if name in PROTOCOLS and PROTOCOLS[name].run is not fn:
+            raise KeyError(f"protocol {name!r} is registered twice")
+        PROTOCOLS[name] = ProtocolInfo(name=name, run=fn, description=(fn.__doc__ or "").strip(), **meta)
         return fn
 
     return wrap
@@ -170,7 +201,7 @@ def execute(spec: RunSpec, registry: Registry | None = None, *, device: str | No
     with run.running():
         ctx.backbone = load_backbone(spec.backbone, spec.pretrained, device=ctx.device)
         run.log(f"backbone {ctx.backbone.model_id} on {ctx.device}")
-        metrics = PROTOCOLS[spec.protocol](ctx)
+        metrics = PROTOCOLS[spec.protocol].run(ctx)
         method = getattr(ctx, "method", None)
         if method is not None:
             report = trainable_parameter_report(method)

@@ -5,7 +5,7 @@ from ..data.sampling import base_new_split
 from .base import RunContext, build_for, hm_metrics, load_splits, register_protocol, score, train
 
 
-@register_protocol("base_to_novel")
+@register_protocol("base_to_novel", metrics=("base", "new", "hm"), domains=("base", "new"))
 def base_to_novel(ctx: RunContext) -> dict:
     """Train on the base half of the source's few-shot split; test on base and new halves."""
     (name,) = ctx.spec.datasets[:1]
@@ -17,7 +17,7 @@ def base_to_novel(ctx: RunContext) -> dict:
     return hm_metrics(score(ctx, ctx.method, base, "base", "base"), score(ctx, ctx.method, new, "new", "new"))
 
 
-@register_protocol("few_shot")
+@register_protocol("few_shot", metrics=("top1",), domains=("base",))
 def few_shot(ctx: RunContext) -> dict:
     """Train on K shots of every class; test on the full test set."""
     if len(ctx.spec.datasets) != 1:
@@ -43,13 +43,15 @@ def _transfer(ctx: RunContext, target_domain: str) -> dict:
     return metrics
 
 
-@register_protocol("cross_dataset")
+@register_protocol("cross_dataset", min_datasets=2, max_datasets=None, metrics=("average",),
+                   per_dataset_metrics=True, domains=("base", "cross"))
 def cross_dataset(ctx: RunContext) -> dict:
     """Train on the source (all classes); evaluate other datasets' classes without tuning."""
     return _transfer(ctx, "cross")
 
 
-@register_protocol("domain_generalization")
+@register_protocol("domain_generalization", min_datasets=2, max_datasets=None, metrics=("average",),
+                   per_dataset_metrics=True, domains=("base", "shift"))
 def domain_generalization(ctx: RunContext) -> dict:
     """Train on the source; evaluate its shifted variants (same label space)."""
     return _transfer(ctx, "shift")

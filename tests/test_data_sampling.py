@@ -6,12 +6,14 @@ import math
 import random
 import shutil
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from workbench.data import (FewShotCacheError, base_new_labels, base_new_split, few_shot_splits, load_dataset,
                             load_few_shot, long_tail_counts, long_tail_split)
+from workbench.data.sampling import FEW_SHOT_SPLIT_VERSION
 from workbench.data.types import DatasetSplits, Sample
 
 try:
@@ -21,8 +23,9 @@ except ImportError:
 
 
 def coop_reference(train, val, k, seed):
-    """Hand-written re-statement of CoOp's rule: global random seeded once, train then val,
-    per label in order of first appearance, sample without replacement (with, if too few)."""
+    """Replay of CoOp on Dassl's released generate_fewshot_dataset (repeat=False by default since
+    Dassl e3a15da): global random seeded once, train then val, per label in order of first appearance,
+    random.sample when a class has at least n items, otherwise all its items once (no draw)."""
     random.seed(seed)
 
     def per_class(items, n):
@@ -31,7 +34,7 @@ def coop_reference(train, val, k, seed):
             groups.setdefault(it.label, []).append(it)
         out = []
         for members in groups.values():
-            out += random.sample(members, n) if len(members) >= n else random.choices(members, k=n)
+            out += random.sample(members, n) if len(members) >= n else members
         return out
 
     return per_class(train, k), per_class(val, min(k, 4))
@@ -43,7 +46,7 @@ def euro(tmp_path):
     return tmp_path, load_dataset("eurosat", root=tmp_path)
 
 
-@pytest.mark.parametrize("k", [1, 2, 4, 8])  # 8 > 6 train items per class: random.choices path
+@pytest.mark.parametrize("k", [1, 2, 4, 8])  # 6 train, 3 val items per class: 8 (and val 4) keep all once
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_fewshot_equals_coop_rule(euro, k, seed):
     _, ds = euro
@@ -55,8 +58,39 @@ def test_fewshot_equals_coop_rule(euro, k, seed):
     counts = {}
     for s in fs.train:
         counts[s.label] = counts.get(s.label, 0) + 1
-    assert set(counts.values()) == {k}
-    assert len(fs.val) == ds.num_classes * min(k, 4)  # Dassl repeats items when a class has fewer
+    assert set(counts.values()) == {min(k, 6)}
+    assert len(fs.val) == ds.num_classes * min(k, 4, 3)
+    assert len(set(fs.train)) == len(fs.train) and len(set(fs.val)) == len(fs.val)  # never repeated
+
+
+def _hand_built(counts_in_order, interleave_seed=0):
+    """Classes with the given item counts; the list is shuffled so first appearance != label order."""
+    items = [Sample(f"c{c}/{i}.jpg", c, f"class {c}") for c, n in enumerate(counts_in_order) for i in range(n)]
+    random.Random(interleave_seed).shuffle(items)
+    return items
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 11])
+def test_fewshot_short_class_kept_once_and_draws_nothing(seed):
+    train = _hand_built([7, 2, 5, 1, 9, 4])  # classes 1, 3 (and 5 for k=5) have fewer than k
+    val = _hand_built([3, 3, 1, 5, 2, 4], interleave_seed=1)
+    ds = DatasetSplits("hand", Path("/x"), [f"class {c}" for c in range(6)], ["{}"], train=train, val=val,
+                       test=[Sample("t.jpg", 0, "class 0")])
+    k = 5
+    fs = few_shot_splits(ds, k, seed)
+    ref_train, ref_val = coop_reference(train, val, k, seed)
+    assert fs.train == ref_train and fs.val == ref_val
+    by_label = {c: [s for s in fs.train if s.label == c] for c in range(6)}
+    for c, n in enumerate([7, 2, 5, 1, 9, 4]):
+        picked = by_label[c]
+        assert len(picked) == min(n, k) and len(set(picked)) == len(picked)
+        if n < k:  # all of the class's items, each once, in the split's own order
+            assert picked == [s for s in train if s.label == c]
+    # a short class consumes no random draws: dropping it leaves every other class's draws unchanged
+    short = {1, 3, 5}
+    without = [s for s in train if s.label not in short]
+    fs_without = few_shot_splits(replace(ds, train=without, val=[]), k, seed, sample_val=False)
+    assert [s for s in fs.train if s.label not in short] == fs_without.train
 
 
 def test_fewshot_groups_by_first_appearance(euro):
@@ -84,7 +118,8 @@ def test_fewshot_json_cache_relative_and_movable(euro, tmp_path_factory):
     fs = load_few_shot("eurosat", 4, 1, root=root)
     path = root / "eurosat" / "split_fewshot" / "shot_4-seed_1.json"
     raw = json.loads(path.read_text())
-    assert raw["version"] == 1 and raw["dataset"] == "eurosat" and raw["shots"] == 4 and raw["seed"] == 1
+    assert FEW_SHOT_SPLIT_VERSION == 2
+    assert raw["version"] == 2 and raw["dataset"] == "eurosat" and raw["shots"] == 4 and raw["seed"] == 1
     assert [tuple(r) for r in raw["train"]] == [(s.path, s.label, s.classname) for s in fs.train]
     assert all(not r[0].startswith("/") and str(root) not in r[0] for r in raw["train"] + raw["val"])
 
@@ -113,6 +148,35 @@ def test_fewshot_stale_cache_rejected(euro):
     path.write_text(json.dumps(raw))
     with pytest.raises(FewShotCacheError, match="delete it"):
         few_shot_splits(ds, 1, 1, cache_dir=cache)
+
+
+def test_fewshot_file_of_old_rule_is_rewritten(euro):
+    root, ds = euro
+    cache = root / "eurosat" / "split_fewshot"
+    path = cache / "shot_8-seed_1.json"
+    cache.mkdir(parents=True)
+    # a version-1 file: classes filled up to 8 with repeats (the old rule)
+    old_train = [[s.path, s.label, s.classname] for s in ds.train for _ in range(2)][: 8 * ds.num_classes]
+    path.write_text(json.dumps({"version": 1, "dataset": "eurosat", "shots": 8, "seed": 1,
+                                "train": old_train, "val": None}))
+    fs = few_shot_splits(ds, 8, 1, cache_dir=cache)
+    ref_train, ref_val = coop_reference(ds.train, ds.val, 8, 1)
+    assert fs.train == ref_train and fs.val == ref_val
+    raw = json.loads(path.read_text())
+    assert raw["version"] == FEW_SHOT_SPLIT_VERSION
+    assert [tuple(r) for r in raw["train"]] == [(s.path, s.label, s.classname) for s in ref_train]
+
+
+def test_fewshot_file_of_newer_rule_is_an_error(euro):
+    root, ds = euro
+    cache = root / "eurosat" / "split_fewshot"
+    few_shot_splits(ds, 2, 1, cache_dir=cache)
+    path = cache / "shot_2-seed_1.json"
+    raw = json.loads(path.read_text())
+    raw["version"] = FEW_SHOT_SPLIT_VERSION + 1
+    path.write_text(json.dumps(raw))
+    with pytest.raises(FewShotCacheError, match="delete it"):
+        few_shot_splits(ds, 2, 1, cache_dir=cache)
 
 
 def test_imagenet_fewshot_keeps_val(tmp_path):

@@ -2,14 +2,16 @@
 
 Few-shot follows CoOp/Dassl exactly: CoOp's train.py seeds Python's `random` with the run seed, the
 dataset then groups the train items by label (a dict in order of first appearance) and takes
-`random.sample(items, k)` per group (`random.choices(items, k=k)` when a class has fewer than k
-items); val is sampled next from the same random stream with min(k, 4) per class. ImageNet has no
+`random.sample(items, k)` per group; a class with fewer than k items keeps all of them once and
+draws nothing from the stream (Dassl's default `repeat=False` since Oct 2021); val is sampled next from
+the same random stream with min(k, 4) per class. ImageNet has no
 val of its own (val is the test set) and only its train split is sampled. We use a private
 `random.Random(seed)`, which yields the same stream as `random.seed(seed)` without touching the
 global state.
 
-Splits are stored as versioned JSON at `<dataset folder>/split_fewshot/shot_{k}-seed_{s}.json` with
-paths relative to the image folder, and reused when present.
+Splits are stored as JSON at `<dataset folder>/split_fewshot/shot_{k}-seed_{s}.json` with paths
+relative to the image folder, and reused when present. The file records FEW_SHOT_SPLIT_VERSION (the
+sampling rule's version): a file of an older rule is rewritten, one of a newer rule is an error.
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ from typing import Sequence
 
 from workbench.data.types import DatasetSplits, Sample
 
-FEWSHOT_VERSION = 1
+# 1: classes with fewer than k items were filled up with random.choices; 2: they keep their items once
+FEW_SHOT_SPLIT_VERSION = 2
 VAL_SHOTS_MAX = 4
 
 
@@ -42,7 +45,7 @@ def group_by_label(samples: Sequence[Sample]) -> dict[int, list[Sample]]:
     return groups
 
 
-def sample_per_class(samples: Sequence[Sample], shots: int, rng: random.Random, repeat: bool = True) -> list[Sample]:
+def sample_per_class(samples: Sequence[Sample], shots: int, rng: random.Random, repeat: bool = False) -> list[Sample]:
     """Dassl's generate_fewshot_dataset for one data source, drawing from `rng`."""
     if shots < 1:
         return list(samples)
@@ -79,8 +82,9 @@ def few_shot_splits(
     if sample_val is None:
         sample_val = bool(ds.val) and ds.val is not ds.test
     path = Path(cache_dir) / fewshot_filename(shots, seed) if cache_dir is not None else None
-    if path is not None and path.is_file():
-        train, val = _read_fewshot(path, ds, shots, seed)
+    stored = _read_fewshot(path, ds, shots, seed) if path is not None and path.is_file() else None
+    if stored is not None:
+        train, val = stored
     else:
         rng = random.Random(seed)
         train = sample_per_class(ds.train, shots, rng)
@@ -105,7 +109,7 @@ def _write_fewshot(path: Path, ds: DatasetSplits, shots: int, seed: int, train, 
         return [[s.path, s.label, s.classname] for s in items]
 
     payload = {
-        "version": FEWSHOT_VERSION,
+        "version": FEW_SHOT_SPLIT_VERSION,
         "dataset": ds.name,
         "shots": shots,
         "seed": seed,
@@ -125,12 +129,17 @@ def _write_fewshot(path: Path, ds: DatasetSplits, shots: int, seed: int, train, 
 
 
 def _read_fewshot(path: Path, ds: DatasetSplits, shots: int, seed: int):
+    """(train, val) stored in `path`, or None when it was written by an older sampling rule."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise FewShotCacheError(f"{path}: invalid JSON ({e}); delete it to rebuild") from e
-    if raw.get("version") != FEWSHOT_VERSION:
-        raise FewShotCacheError(f"{path}: version {raw.get('version')!r}, expected {FEWSHOT_VERSION}; delete it to rebuild")
+    version = raw.get("version")
+    if isinstance(version, int) and version < FEW_SHOT_SPLIT_VERSION:
+        return None
+    if version != FEW_SHOT_SPLIT_VERSION:
+        raise FewShotCacheError(f"{path}: version {version!r}, expected {FEW_SHOT_SPLIT_VERSION} "
+                                "(written by another workbench version?); delete it to rebuild")
     for key, want in (("dataset", ds.name), ("shots", shots), ("seed", seed)):
         if raw.get(key) != want:
             raise FewShotCacheError(f"{path}: {key} is {raw.get(key)!r}, expected {want!r}; wrong cache folder?")

@@ -6,7 +6,7 @@ import multiprocessing as mp
 import sqlite3
 import traceback
 
-from workbench.runs.registry import Registry
+from workbench.runs import Registry
 from workbench.runs.spec import RunSpec
 
 N_PROCS = 4

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from workbench.runs import cli as runs_cli
-from workbench.runs.registry import Registry
+from workbench.runs import Registry
 from workbench.runs.spec import RunSpec
 
 

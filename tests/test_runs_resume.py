@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workbench.runs.registry import Registry
+from workbench.fileio import temp_files
+from workbench.runs import Registry
 from workbench.runs.spec import RunSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ class MomentumSGD:
 
 
 def toy_spec(seed: int = 0) -> RunSpec:
-    return RunSpec(method="toy_linear", protocol="unit", datasets=("synthetic",), seed=seed, overrides={"epochs": EPOCHS})
+    return RunSpec(method="toy_linear", protocol="unit", datasets=("synthetic",), seed=seed, train_config={"epochs": EPOCHS})
 
 
 def train(root: str, seed: int, kill_in_epoch: int | None = None) -> None:
@@ -178,7 +179,7 @@ def half_then_hang(obj, f, *a, **kw):
     time.sleep(60)
     f.write(data[len(data) // 2 :])
 sys.modules["torch"] = types.SimpleNamespace(save=half_then_hang)
-from workbench.runs.registry import Registry
+from workbench.runs import Registry
 from workbench.runs.spec import RunSpec
 run = Registry(root).create_or_get(RunSpec(method="ckpt", protocol="unit", datasets=("synthetic",)))
 run.save_checkpoint({"w": None}, 2)
@@ -204,7 +205,7 @@ def test_checkpoint_never_half_written(tmp_path):
     assert proc.wait() == -signal.SIGKILL
 
     ckpt_dir = run.checkpoint_dir
-    tmp_files = [p for p in ckpt_dir.iterdir() if p.name.startswith(".tmp-")]
+    tmp_files = temp_files(ckpt_dir)
     assert len(tmp_files) == 1 and tmp_files[0].stat().st_size > 0  # the half-written temp file ...
     try:
         torch.load(tmp_files[0], weights_only=False)

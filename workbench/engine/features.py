@@ -3,7 +3,7 @@
 A cache entry is keyed by everything that determines its content: the model id (name + weights hash),
 the exact sample list with each file's size and mtime, the transform, the number of augmented views
 and their seed (image features), or the class names and templates (text features). Any change makes
-a new key, so a stale entry is never reused. Entries are written atomically (temp file + rename), so
+a new key, so a stale entry is never reused. Entries are written atomically (`workbench.fileio`), so
 concurrent runs can share the cache.
 """
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..data.types import Sample
+from ..fileio import atomic_write, atomic_write_text
 from ..paths import features_dir
 
 
@@ -66,20 +66,9 @@ class FeatureCache:
         value = compute()
         if self.enabled:
             data_path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(data_path, lambda f: torch.save({k: v.cpu() for k, v in value.items()}, f))
-            _atomic_write(meta_path, lambda f: f.write(json.dumps(parts, indent=1, default=str).encode()))
+            atomic_write(data_path, lambda f: torch.save({k: v.cpu() for k, v in value.items()}, f))
+            atomic_write_text(meta_path, json.dumps(parts, indent=1, default=str))
         return value
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
@@ -132,6 +121,12 @@ def encode_images(backbone, samples: Sequence[Sample], image_root: Path, transfo
     return EncodedImages(out["features"], out["labels"], out["indices"])
 
 
+def class_prompt(template: str, classname: str) -> str:
+    """One prompt; underscores of CoOp split-file names ("american_bulldog") read as spaces, as every
+    released CLIP adaptation code does (`name.replace("_", " ")`)."""
+    return template.format(classname.replace("_", " "))
+
+
 @torch.no_grad()
 def class_text_features(backbone, classnames: Sequence[str], templates: Sequence[str], *, batch_size: int = 512,
                         cache: FeatureCache | None = None) -> torch.Tensor:
@@ -139,10 +134,11 @@ def class_text_features(backbone, classnames: Sequence[str], templates: Sequence
     templates of a class are averaged, and the mean is normalized again (CLIP's ensembling)."""
     if not templates:
         raise ValueError("at least one prompt template is needed")
-    parts = {"kind": "text", "model": backbone.model_id, "classnames": list(classnames), "templates": list(templates)}
+    parts = {"kind": "text", "model": backbone.model_id, "classnames": list(classnames), "templates": list(templates),
+             "names": "underscores as spaces"}
 
     def compute():
-        prompts = [t.format(c) for c in classnames for t in templates]
+        prompts = [class_prompt(t, c) for c in classnames for t in templates]
         chunks = []
         for start in range(0, len(prompts), batch_size):
             tokens = backbone.tokenize(prompts[start:start + batch_size])

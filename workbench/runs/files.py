@@ -1,0 +1,311 @@
+"""One run folder: its file layout and formats, written atomically under the folder's lock.
+
+    spec.json          the RunSpec (+ its full hash)
+    status.json        status, progress, message, error, times, pid, host
+    history.jsonl      one JSON object per epoch (epoch, loss, accuracies, learned scalars...)
+    metrics.json       final metrics
+    predictions.npz    "<split>/labels", "<split>/preds", optional "<split>/logits"
+    embeddings.npz     "<key>/image" float16 [n, D], "<key>/labels" [n], "<key>/classnames" [C],
+                       optional "<key>/classes" float16 [C, D] (for the app's plots)
+    log.txt            free-text log
+    checkpoints/epoch_0003.pt   the newest `keep` checkpoints
+
+Everything but spec.json is the run's output: `RunFiles.clear` removes it all (status.json is left
+for the caller to rewrite).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from workbench.fileio import atomic_write, atomic_write_text, remove_temp_files
+
+try:  # POSIX advisory locks for the per-run files; a no-op elsewhere
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+SPEC, STATUS, HISTORY, METRICS = "spec.json", "status.json", "history.jsonl", "metrics.json"
+PREDICTIONS, EMBEDDINGS, LOG, CHECKPOINTS, LOCK = "predictions.npz", "embeddings.npz", "log.txt", "checkpoints", ".lock"
+STATUS_KEYS = ("status", "progress", "message", "error", "created_at", "updated_at", "started_at", "finished_at",
+               "pid", "host")
+_CKPT_RE = re.compile(r"^epoch_(\d+)\.pt$")
+
+
+# -- formats -------------------------------------------------------------------------------------
+def jsonable(obj: Any) -> Any:
+    """Plain-JSON version of values callers hand us (numpy/torch scalars, tuples, paths...).
+
+    Unlike `canonicalize` (used for hashing) this keeps floats as floats and NaN as NaN.
+    """
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy / torch (scalars and arrays)
+        return jsonable(obj.tolist())
+    if hasattr(obj, "item") and callable(obj.item):
+        return jsonable(obj.item())
+    raise TypeError(f"value of type {type(obj).__name__} is not JSON-serializable: {obj!r}")
+
+
+def dumps(obj: Any, **kw: Any) -> str:
+    return json.dumps(jsonable(obj), **kw)
+
+
+def parse_history(text: str) -> list[dict]:
+    """history.jsonl entries, last one winning per epoch, sorted; torn lines (crash) are skipped."""
+    entries: dict[int, dict] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and "epoch" in entry:
+            entries[int(entry["epoch"])] = entry
+    return [entries[e] for e in sorted(entries)]
+
+
+def to_numpy(x: Any):
+    import numpy as np
+
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _read_npz(path: Path) -> dict:
+    import numpy as np
+
+    if not path.exists():
+        return {}
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _grouped(arrays: Mapping[str, Any]) -> dict[str, dict]:
+    """{"a/b/labels": x} -> {"a/b": {"labels": x}} (the group is all but the last path part)."""
+    out: dict[str, dict] = {}
+    for name, value in arrays.items():
+        group, _, kind = name.rpartition("/")
+        out.setdefault(group, {})[kind] = value
+    return out
+
+
+def load_embeddings(run_dir: str | os.PathLike, key: str) -> dict:
+    """What `RunHandle.save_embeddings` stored for one key ({"image", "labels", "classnames"[, "classes"]});
+    an empty dict when nothing was."""
+    return _grouped(_read_npz(Path(run_dir) / EMBEDDINGS)).get(str(key), {})
+
+
+def embedding_keys(run_dir: str | os.PathLike) -> list[str]:
+    """Keys with stored image embeddings in a run folder (file order)."""
+    return [k for k, v in _grouped(_read_npz(Path(run_dir) / EMBEDDINGS)).items() if "image" in v]
+
+
+# -- the folder ----------------------------------------------------------------------------------
+class RunFiles:
+    """The files of the run folder `dir`. Writers hold the folder's lock, so a temp file seen under
+    the lock is a dead writer's leftover."""
+
+    def __init__(self, dir: str | os.PathLike):
+        self.dir = Path(dir)
+
+    def __repr__(self) -> str:
+        return f"RunFiles({str(self.dir)!r})"
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.dir / CHECKPOINTS
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive lock on the folder's files (flock; not re-entrant)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:  # pragma: no cover
+            yield
+            return
+        with open(self.dir / LOCK, "a") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def create(self, spec_dict: dict, rename: bool = False) -> None:
+        """The folder, its checkpoints/ and spec.json when missing; with `rename`, spec.json is also
+        rewritten when its "name" differs from a non-None name in `spec_dict`."""
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = self.path(SPEC)
+        with self.lock():
+            if path.exists():
+                name = spec_dict.get("name")
+                if not rename or name is None or json.loads(path.read_text(encoding="utf-8")).get("name") == name:
+                    return
+            atomic_write_text(path, dumps(spec_dict, indent=2, sort_keys=True))
+
+    def read_json(self, name: str) -> Any:
+        """A JSON file of the folder, or None when it is missing or unreadable."""
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+            return json.loads(self.path(name).read_text(encoding="utf-8"))
+        return None
+
+    # -- status / metrics / history ---------------------------------------------------------------
+    def write_status(self, row: Mapping[str, Any]) -> None:
+        with self.lock():
+            atomic_write_text(self.path(STATUS), json.dumps({k: row.get(k) for k in STATUS_KEYS}, indent=2))
+
+    def write_metrics(self, metrics: Mapping[str, Any]) -> None:
+        with self.lock():
+            atomic_write_text(self.path(METRICS), json.dumps(metrics, indent=2, sort_keys=True))
+
+    def read_history(self) -> list[dict]:
+        """Entries of history.jsonl; for a repeated epoch the last entry wins; sorted by epoch."""
+        try:
+            return parse_history(self.path(HISTORY).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return []
+
+    def write_history_entry(self, entry: Mapping[str, Any]) -> None:
+        """Append `entry` (a dict with "epoch"); a re-logged epoch or a torn line rewrites the file."""
+        epoch = int(entry["epoch"])
+        path = self.path(HISTORY)
+        with self.lock():
+            try:
+                text = path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                text = ""
+            existing = parse_history(text)
+            lines = [ln for ln in text.splitlines() if ln.strip()]
+            clean = (not text or text.endswith("\n")) and len(lines) == len(existing)
+            if clean and all(e["epoch"] != epoch for e in existing):
+                with open(path, "a", encoding="utf-8") as f:  # common case: a new epoch, append
+                    f.write(json.dumps(entry) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+            else:  # re-logged epoch (resume) or a torn line from a crash: rewrite atomically
+                merged = {e["epoch"]: e for e in existing}
+                merged[epoch] = dict(entry)
+                atomic_write_text(path, "".join(json.dumps(merged[e]) + "\n" for e in sorted(merged)))
+
+    # -- arrays: predictions, embeddings ------------------------------------------------------------
+    def _merge_npz(self, name: str, group: str, arrays: Mapping[str, Any], compressed: bool) -> None:
+        """Replace the arrays of `group` in npz file `name`, keeping the other groups."""
+        import numpy as np
+
+        path = self.path(name)
+        with self.lock():
+            merged = {k: v for k, v in _read_npz(path).items() if k.rpartition("/")[0] != group}
+            merged.update({f"{group}/{k}": v for k, v in arrays.items()})
+            save = np.savez_compressed if compressed else np.savez
+            atomic_write(path, lambda f: save(f, **merged))
+
+    def save_predictions(self, split: str, labels: Any, preds: Any, logits: Any = None) -> None:
+        split = str(split)
+        if not split:
+            raise ValueError("split name must be non-empty")
+        arrays = {"labels": to_numpy(labels), "preds": to_numpy(preds)}
+        if logits is not None:
+            arrays["logits"] = to_numpy(logits)
+        if arrays["labels"].shape[0] != arrays["preds"].shape[0]:
+            raise ValueError("labels and preds differ in length")
+        self._merge_npz(PREDICTIONS, split, arrays, compressed=True)
+
+    def load_predictions(self) -> dict[str, dict]:
+        return _grouped(_read_npz(self.path(PREDICTIONS)))
+
+    def save_embeddings(self, key: str, image: Any, labels: Any, classnames: Any, classes: Any = None) -> None:
+        import numpy as np
+
+        key = str(key)
+        if not key:
+            raise ValueError("embedding key must be non-empty")
+        image = to_numpy(image).astype(np.float16)
+        arrays = {"image": image, "labels": to_numpy(labels)[: len(image)],
+                  "classnames": np.array([str(c) for c in classnames])}
+        if classes is not None:
+            arrays["classes"] = to_numpy(classes).astype(np.float16)
+        self._merge_npz(EMBEDDINGS, key, arrays, compressed=False)
+
+    # -- log --------------------------------------------------------------------------------------
+    def append_log(self, msg: str) -> None:
+        """Append timestamped line(s) to log.txt."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        text = "".join(f"[{stamp}] {line}\n" for line in str(msg).rstrip("\n").splitlines() or [""])
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.path(LOG), "a", encoding="utf-8") as f:
+            f.write(text)
+
+    def read_log(self) -> str:
+        try:
+            return self.path(LOG).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return ""
+
+    # -- checkpoints (one writer per run, so no lock) ----------------------------------------------
+    def checkpoint_path(self, epoch: int) -> Path:
+        return self.checkpoint_dir / f"epoch_{int(epoch):04d}.pt"
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """(epoch, path) of the complete checkpoints, oldest first."""
+        if not self.checkpoint_dir.is_dir():
+            return []
+        found = []
+        for p in self.checkpoint_dir.iterdir():
+            m = _CKPT_RE.match(p.name)
+            if m:
+                found.append((int(m.group(1)), p))
+        return sorted(found)
+
+    def save_checkpoint(self, payload: Any, epoch: int, keep: int) -> Path:
+        """torch.save `payload` atomically as epoch_<epoch>.pt; keeps the newest `keep` (all if keep <= 0)."""
+        import torch
+
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        remove_temp_files(self.checkpoint_dir)  # leftovers of killed writers
+        final = atomic_write(self.checkpoint_path(epoch), lambda f: torch.save(payload, f))
+        if keep > 0:
+            for _, old in self.checkpoints()[:-keep]:
+                with contextlib.suppress(FileNotFoundError):
+                    old.unlink()
+        return final
+
+    def clear_checkpoints(self) -> None:
+        if self.checkpoint_dir.is_dir():
+            for p in self.checkpoint_dir.iterdir():
+                _remove(p)
+
+    # -- reset ------------------------------------------------------------------------------------
+    def clear(self) -> None:
+        """Remove everything the run wrote but spec.json and status.json (the caller rewrites it),
+        stray temp files included; checkpoints/ is emptied."""
+        with self.lock():
+            if self.dir.is_dir():
+                for p in self.dir.iterdir():
+                    if p.name not in (SPEC, STATUS, LOCK, CHECKPOINTS):
+                        _remove(p)
+        self.clear_checkpoints()
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()

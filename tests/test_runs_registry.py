@@ -154,6 +154,86 @@ def test_should_run_and_force(reg):
     assert len(reg.list()) == 1
 
 
+def test_embeddings_round_trip_and_merge(reg):
+    from workbench.runs import embedding_keys, load_embeddings
+
+    run = reg.create_or_get(spec())
+    assert run.load_embeddings("base") == {} and embedding_keys(run.dir) == []
+    rng = np.random.default_rng(0)
+    image, classes = rng.normal(size=(3, 4)), rng.normal(size=(2, 4))
+    run.save_embeddings("base", image, np.array([0, 1, 0, 1, 1]), ["cat", "dog"], classes)  # labels cut to 3
+    run.save_embeddings("new", rng.normal(size=(2, 4)), [2, 2], ("fox",))
+    with np.load(run.dir / "embeddings.npz", allow_pickle=False) as z:  # the format readers rely on
+        assert sorted(z.files) == ["base/classes", "base/classnames", "base/image", "base/labels",
+                                   "new/classnames", "new/image", "new/labels"]
+        assert z["base/image"].dtype == np.float16 and z["base/classes"].dtype == np.float16
+    base = load_embeddings(run.dir, "base")
+    np.testing.assert_allclose(base["image"], image, atol=1e-2)
+    np.testing.assert_array_equal(base["labels"], [0, 1, 0])
+    assert list(base["classnames"]) == ["cat", "dog"] and base["classes"].shape == (2, 4)
+    assert set(run.load_embeddings("new")) == {"image", "labels", "classnames"}
+    assert embedding_keys(run.dir) == ["base", "new"]
+
+    run.save_embeddings("base", np.ones((1, 4)), [1], ["cat", "dog"])  # replaces base only, classes included
+    assert set(run.load_embeddings("base")) == {"image", "labels", "classnames"}
+    assert len(run.load_embeddings("new")["image"]) == 2 and run.load_embeddings("test") == {}
+    assert [p.name for p in run.dir.iterdir() if ".tmp-" in p.name] == []
+
+
+def test_crash_mid_write_keeps_old_predictions(reg, monkeypatch):
+    run = reg.create_or_get(spec())
+    run.save_predictions("test", [0, 1], [0, 0])
+
+    def crash(f, **arrays):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez_compressed", crash)
+    with pytest.raises(OSError, match="disk full"):
+        run.save_predictions("val", [1], [1])
+    monkeypatch.undo()
+    assert set(run.load_predictions()) == {"test"}
+    np.testing.assert_array_equal(run.load_predictions("test")["preds"], [0, 0])
+    assert [p.name for p in run.dir.iterdir() if ".tmp-" in p.name] == []
+
+
+def test_reset_forgets_every_artifact(reg):
+    from workbench.fileio import temp_path
+
+    s = spec()
+    run = reg.create_or_get(s)
+    with run.running():
+        run.log_epoch(0, {"loss": 1.0})
+        run.set_progress(0.5, "half way")
+        run.save_checkpoint({"w": 1}, epoch=0)
+        run.save_predictions("test", [0], [0], logits=np.zeros((1, 2)))
+        run.save_embeddings("test", np.zeros((1, 4)), [0], ["a", "b"], np.zeros((2, 4)))
+        run.write_metrics({"acc": 0.9})
+        run.log("old run's secret")
+    temp_path(run.dir / "predictions.npz").write_bytes(b"killed writer")  # leftovers of crashed writers
+    temp_path(run.checkpoint_dir / "epoch_0001.pt").write_bytes(b"killed writer")
+    (run.dir / "extra").mkdir()  # anything else the run wrote
+    (run.dir / "extra" / "plot.png").write_bytes(b"png")
+    spec_text = (run.dir / "spec.json").read_text()
+
+    assert reg.should_run(s, force=True)
+    assert sorted(p.name for p in run.dir.iterdir()) == [".lock", "checkpoints", "log.txt", "spec.json", "status.json"]
+    assert list(run.checkpoint_dir.iterdir()) == [] and run.latest_checkpoint() is None
+    assert (run.dir / "spec.json").read_text() == spec_text
+    log = run.read_log()
+    assert "reset" in log and "secret" not in log and "status -> done" not in log and len(log.splitlines()) == 1
+    status = json.loads((run.dir / "status.json").read_text())
+    assert status["status"] == "pending" and status["progress"] == 0 and status["message"] == ""
+    assert run.status == "pending" and run.metrics == {} and run.history().empty
+    assert run.load_predictions() == {} and run.load_embeddings("test") == {}
+    assert reg.list().iloc[0]["epochs"] == 0
+
+    with run.running():  # the rerun starts from nothing
+        assert run.load_checkpoint() is None
+        run.log_epoch(0, {"loss": 2.0})
+    assert list(run.history()["loss"]) == [2.0]
+
+
 def test_running_context_manager(reg):
     run = reg.create_or_get(spec())
     with run.running():

@@ -53,7 +53,8 @@ class MomentumSGD:
 
 
 def toy_spec(seed: int = 0) -> RunSpec:
-    return RunSpec(method="toy_linear", protocol="unit", datasets=("synthetic",), seed=seed, train_config={"epochs": EPOCHS})
+    return RunSpec(method="toy_linear", protocol="unit", datasets=("synthetic",), seed=seed,
+                   train_config={"epochs": EPOCHS})
 
 
 def train(root: str, seed: int, kill_in_epoch: int | None = None) -> None:

@@ -68,9 +68,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+ITER_COSINE_MIN_LR = 1e-6  # CLIP-LoRA's CosineAnnealingLR(eta_min=1e-6) over all iterations
+
+
 def lr_at(cfg: TrainConfig, epoch: int, step_in_epoch: int = 0, steps_per_epoch: int = 1) -> float:
-    """Learning rate of a given step: constant warm-up epochs, then cosine (per epoch as Dassl's
-    scheduler steps it, or per iteration over the whole run)."""
+    """Learning rate of a given step: constant warm-up epochs, then cosine.
+
+    Per epoch (Dassl: constant warm-up chained to CosineAnnealingLR(T_max=epochs), WARMUP_RECOUNT=True,
+    stepped after each epoch): epoch e >= W runs at lr * (1 + cos(pi (e - W) / E)) / 2, so the first
+    epoch after warm-up is at the peak. Per iteration (CLIP-LoRA): cosine from lr to 1e-6 over the run.
+    """
     if epoch < cfg.warmup_epochs:
         return cfg.warmup_lr
     if cfg.schedule == "constant":
@@ -80,8 +87,9 @@ def lr_at(cfg: TrainConfig, epoch: int, step_in_epoch: int = 0, steps_per_epoch:
     if cfg.schedule_unit == "iter":
         total = cfg.max_iters or cfg.epochs * steps_per_epoch
         t = min(epoch * steps_per_epoch + step_in_epoch, total)
-        return 0.5 * cfg.lr * (1 + math.cos(math.pi * t / total))
-    return 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
+        low = ITER_COSINE_MIN_LR
+        return low + 0.5 * (cfg.lr - low) * (1 + math.cos(math.pi * t / total))
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / cfg.epochs))
 
 
 def build_optimizer(method, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -93,6 +101,23 @@ def build_optimizer(method, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use sgd or adamw")
+
+
+def set_training_modes(method: torch.nn.Module) -> None:
+    """Train mode except in sub-trees whose parameters are all frozen (the pretrained CLIP, frozen
+    teachers), which stay in eval. So what a method trains, also inside the backbone (LoRA, adapters),
+    runs with its dropout on; parameter-free modules follow their parent."""
+    method.train()
+
+    def visit(module):
+        for child in module.children():
+            params = list(child.parameters())
+            if params and not any(p.requires_grad for p in params):
+                child.eval()
+            else:
+                visit(child)
+
+    visit(method)
 
 
 def _set_lr(optimizer, lr: float, base_lr: float) -> None:
@@ -181,8 +206,7 @@ def fit(method, ds: DatasetSplits, cfg: TrainConfig, *, seed: int = 1, device: s
         if cfg.max_iters is not None and result.steps >= cfg.max_iters:
             break
         seed_everything(_epoch_seed(seed, epoch))
-        method.train()
-        method.backbone.eval()  # frozen towers keep eval behaviour (dropout/patch dropout off)
+        set_training_modes(method)
         loader = make_loader(epoch)
         steps_per_epoch = max(len(loader), 1)
         totals: dict[str, float] = {}

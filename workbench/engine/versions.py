@@ -6,5 +6,10 @@ and add a line below saying what changed.
 
 History:
   1  the engine as of the first three sessions
+  2  per-epoch cosine recounts after warm-up as Dassl does (first epoch after warm-up at the peak lr);
+     per-iteration cosine ends at CLIP-LoRA's eta_min 1e-6; modules a method trains (LoRA and adapters
+     inside the backbone included) run in train mode, so their dropout acts; only all-frozen sub-trees
+     stay in eval; few-shot sampling keeps a class with fewer than k items once (Dassl's repeat=False),
+     split files at FEW_SHOT_SPLIT_VERSION 2
 """
-ENGINE_VERSION = 1
+ENGINE_VERSION = 2

@@ -16,7 +16,8 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from data_fixtures import make_eurosat  # noqa: E402
 from workbench.analysis.metrics import confusion_matrix  # noqa: E402
-from workbench.runs import Registry, RunSpec, launcher  # noqa: E402
+from workbench import launcher  # noqa: E402
+from workbench.runs import Registry, RunSpec  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "app" / "main.py"
 TIMEOUT = 240  # seconds per script run: first imports and the first UMAP (numba compile) on a busy 2-CPU box
@@ -66,15 +67,15 @@ def texts(at: AppTest) -> str:
 @pytest.fixture(scope="module")
 def populated(tmp_path_factory):
     """A registry with one real finished run: CoOp, 2 epochs, base-to-novel, 2-shot fabricated EuroSAT."""
-    from workbench.protocols import execute
+    from workbench.protocols import build_spec
+    from workbench.runs.execute import execute
 
     root = tmp_path_factory.mktemp("app_populated")
     data = root / "data"
     make_eurosat(data)
     reg = Registry(root / "runs")
-    spec = RunSpec(method="coop", protocol="base_to_novel", datasets=("eurosat",), shots=2, seed=1,
-                   backbone="wb-tiny-vit", method_config={"preset": "toy"},
-                   overrides={"train.epochs": 2, "train.batch_size": 4})
+    spec = build_spec("coop", "base_to_novel", "eurosat", shots=2, seed=1, backbone="wb-tiny-vit", preset="toy",
+                      settings={"train.epochs": 2, "train.batch_size": 4})
     run = execute(spec, reg, data_root=str(data), progress=False, device="cpu")
     assert run.status == "done"
     return reg, run, data
@@ -123,7 +124,7 @@ def test_runs_page_lists_the_run_and_opens_its_detail(monkeypatch, populated):
 
 
 def test_run_detail_views(monkeypatch, populated):
-    from workbench.protocols.base import load_embeddings
+    from workbench.runs import load_embeddings
 
     reg, run, _ = populated
     at = app(monkeypatch, reg.root)
@@ -255,7 +256,7 @@ def fill_form(at: AppTest, **values) -> AppTest:
     at.text_input(key="l_seeds").input(values.get("seeds", "1 2"))
     at.text_input(key="l_backbone").input(values.get("backbone", "wb-tiny-vit"))
     at.selectbox(key="l_device").set_value("cpu")
-    at.text_area(key="l_settings").input(values.get("settings", "train.epochs=1\n# a comment\n\nn_ctx=2"))
+    at.text_area(key="l_settings").input(values.get("settings", "train.epochs=1\n# a comment\n\nmethod.n_ctx=2"))
     if "root" in values:
         at.text_input(key="l_root").input(values["root"])
     at.form_submit_button[0].click().run()
@@ -267,7 +268,7 @@ def test_launch_form_rejects_invalid_input(monkeypatch, tmp_path, fake_popen, po
     _, _, data = populated
     at = app(monkeypatch, tmp_path / "runs", data_root=data).run()
     at.switch_page("views/launch.py").run()
-    fill_form(at, settings="nctx=2")
+    fill_form(at, settings="method.nctx=2")
     assert "no setting 'nctx'" in at.error[0].value and not fake_popen.calls
     fill_form(at, settings="train.epochs=1", seeds="1 x")
     assert "seed 'x'" in at.error[0].value
@@ -293,7 +294,7 @@ def test_launch_form_starts_the_run_command(monkeypatch, tmp_path, fake_popen, p
     ((args, kwargs),) = fake_popen.calls
     assert args == [sys.executable, "-m", "workbench", "run", "--method=coop", "--protocol=base_to_novel",
                     "--dataset", "eurosat", "--shots=2", "--seed", "1", "2", "--backbone=wb-tiny-vit",
-                    "--device=cpu", "--set=train.epochs=1", "--set=n_ctx=2", f"--root={data.resolve()}",
+                    "--device=cpu", "--set=train.epochs=1", "--set=method.n_ctx=2", f"--root={data.resolve()}",
                     f"--registry={root.resolve()}", "--quiet"]
     assert kwargs["start_new_session"] is True and "shell" not in kwargs
     log = Path(kwargs["stdout"].name)
@@ -338,7 +339,7 @@ def test_launcher_builds_only_the_run_command(tmp_path, populated):
     assert "has no preset 'fast'" in errors(preset="fast")
     assert "not a model name" in errors(backbone="--help")
     assert "device 'tpu'" in errors(device="tpu")
-    assert "invalid override" in errors(settings=("train.nope=1",))
+    assert "invalid setting: no train setting 'nope'" in errors(settings=("train.nope=1",))
     with pytest.raises(launcher.LaunchError) as info:
         launcher.launch(launcher.LaunchRequest(method="nope", protocol="few_shot", datasets=("mnist",)), tmp_path)
     assert len(info.value.errors) == 2 and not (tmp_path / "launches").exists()

@@ -15,8 +15,9 @@ import pytest
 from data_fixtures import make_eurosat, make_imagenet_family
 from workbench.analysis.metrics import accuracy, harmonic_mean
 from workbench.cli import main as cli_main
-from workbench.protocols import execute
-from workbench.runs import Registry, RunSpec
+from workbench.protocols import build_spec
+from workbench.runs import Registry
+from workbench.runs.execute import execute
 
 TINY = "wb-tiny-vit"
 
@@ -29,9 +30,8 @@ def data_root(tmp_path):
 
 
 def coop_spec(epochs=2, seed=1):
-    return RunSpec(method="coop", protocol="base_to_novel", datasets=("eurosat",), shots=4, seed=seed,
-                   backbone=TINY, method_config={"preset": "toy"},
-                   overrides={"train.epochs": epochs, "train.batch_size": 4})
+    return build_spec("coop", "base_to_novel", "eurosat", shots=4, seed=seed, backbone=TINY, preset="toy",
+                      settings={"train.epochs": epochs, "train.batch_size": 4})
 
 
 def test_base_to_novel_records_metrics_and_predictions(data_root, tmp_path):
@@ -61,9 +61,8 @@ def test_done_runs_are_skipped_and_force_reruns(data_root, tmp_path):
 
 RUNNER = """
 import json, os, signal, sys
-from workbench.protocols import execute
-from workbench.runs import Registry, RunSpec
-from workbench.runs.registry import RunHandle
+from workbench.runs import Registry, RunHandle, RunSpec
+from workbench.runs.execute import execute
 if len(sys.argv) > 4:  # die by SIGKILL right after the checkpoint of this epoch: a crash at a known point
     kill_after, save = int(sys.argv[4]), RunHandle.save_checkpoint
     def save_then_die(self, state, epoch, **kw):
@@ -101,35 +100,40 @@ def test_killed_run_resumes_to_the_same_result(data_root, tmp_path):
 
 def test_domain_generalization_and_cross_dataset_zero_shot(data_root, tmp_path):
     reg = Registry(tmp_path / "runs")
-    dg = execute(RunSpec(method="zeroshot", protocol="domain_generalization",
-                         datasets=("imagenet", "imagenetv2", "imagenet_a"), shots=2, seed=1, backbone=TINY),
+    dg = execute(build_spec("zeroshot", "domain_generalization", ("imagenet", "imagenetv2", "imagenet_a"), shots=2,
+                            backbone=TINY),
                  reg, data_root=str(data_root), progress=False)
     m = dg.metrics
     assert set(m) >= {"imagenet", "imagenetv2", "imagenet_a", "average"}
     assert m["average"] == pytest.approx((m["imagenetv2"] + m["imagenet_a"]) / 2)
     assert len(dg.load_predictions("imagenet_a")["labels"]) == 2 * 3  # the 2-class subset of ImageNet-A
-    cross = execute(RunSpec(method="zeroshot", protocol="cross_dataset", datasets=("imagenet", "fgvc_aircraft"),
-                            shots=2, seed=1, backbone=TINY), reg, data_root=str(data_root), progress=False)
+    cross = execute(build_spec("zeroshot", "cross_dataset", ("imagenet", "fgvc_aircraft"), shots=2, backbone=TINY),
+                    reg, data_root=str(data_root), progress=False)
     assert cross.metrics["average"] == cross.metrics["fgvc_aircraft"]
 
 
 def test_run_command(data_root, tmp_path, capsys):
     code = cli_main(["run", "--method", "coop", "--dataset", "eurosat", "--shots", "2", "--seed", "1", "2",
-                     "--backbone", TINY, "--set", "train.epochs=1", "--set", "n_ctx=2", "--root", str(data_root),
-                     "--registry", str(tmp_path / "runs"), "--quiet"])
+                     "--backbone", TINY, "--set", "train.epochs=1", "--set", "method.n_ctx=2", "--root",
+                     str(data_root), "--registry", str(tmp_path / "runs"), "--quiet"])
     out = capsys.readouterr().out
-    assert code == 0 and out.count("coop  base_to_novel") == 2 and "hm" in out
+    assert code == 0 and out.count(" coop eurosat shots=2 seed=") == 2 and "hm" in out
     runs = Registry(tmp_path / "runs").list()
     assert sorted(runs["seed"]) == [1, 2] and set(runs["status"]) == {"done"}
-    assert cli_main(["run", "--method", "coop", "--set", "nctx=2", "--registry", str(tmp_path / "r2")]) == 2
-    assert "no setting 'nctx'" in capsys.readouterr().err
+    spec = Registry(tmp_path / "runs").get(runs["hash"].iloc[0]).spec
+    assert spec.train_config["epochs"] == 1 and spec.method_config["n_ctx"] == 2  # applied, not ignored
+    for bad, said in (("method.nctx=2", "no setting 'nctx'"), ("n_ctx=2", "did you mean method.n_ctx"),
+                      ("train.lr=abc", "train.lr expects a number")):
+        assert cli_main(["run", "--method", "coop", "--set", bad, "--registry", str(tmp_path / "r2")]) == 2
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists() or Registry(tmp_path / "r2").list().empty
 
 
 def test_embeddings_are_stored_for_plots(data_root, tmp_path):
-    from workbench.protocols.base import load_embeddings
+    from workbench.runs import load_embeddings
 
-    run = execute(RunSpec(method="zeroshot", protocol="few_shot", datasets=("eurosat",), shots=2, seed=1,
-                          backbone=TINY), Registry(tmp_path / "runs"), data_root=str(data_root), progress=False)
+    run = execute(build_spec("zeroshot", "few_shot", "eurosat", shots=2, backbone=TINY), Registry(tmp_path / "runs"),
+                  data_root=str(data_root), progress=False)
     stored = load_embeddings(run.dir, "test")
     preds = run.load_predictions("test")
     assert stored["image"].shape[0] == len(preds["labels"]) and stored["classes"].shape[0] == 5
@@ -142,7 +146,7 @@ def test_embeddings_are_stored_for_plots(data_root, tmp_path):
 
 def test_toy_presets_follow_the_architecture_not_the_name(tmp_path):
     from workbench.data.toy.pretrain import META_FILE, MODEL_NAME
-    from workbench.protocols import resolve_preset
+    from workbench.protocols.builder import resolve_preset
 
     built = tmp_path / "tiny"
     built.mkdir()

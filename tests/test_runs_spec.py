@@ -25,7 +25,9 @@ def make_spec(**changes) -> RunSpec:
         seed=1,
         backbone="ViT-B-16-quickgelu",
         pretrained="openai",
-        overrides={"epochs": 10, "batch_size": 32},
+        train_config={"epochs": 10, "batch_size": 32},
+        preset="toy",
+        versions={"engine": 2, "method": 1},
     )
     base.update(changes)
     return RunSpec(**base)
@@ -60,6 +62,8 @@ def test_same_spec_same_hash_across_processes():
 def test_name_not_hashed_and_not_compared():
     a, b = make_spec(name="first try"), make_spec(name="renamed")
     assert a.hash == b.hash == make_spec().hash
+    # what the user typed is recorded for display; the resolved settings are the identity
+    assert make_spec(settings={"train.epochs": 10}).hash == make_spec().hash
     assert a == b and hash(a) == hash(b)
 
 
@@ -68,7 +72,7 @@ def test_dict_key_order_and_container_types_irrelevant():
     b = make_spec(method_config={"sched": {"name": "cosine", "warmup": 1}, "n_ctx": 16, "lr": 0.002})
     assert a.hash == b.hash
     assert make_spec(datasets=["toy_shapes", "toy_colors"]).hash == make_spec().hash
-    assert make_spec(overrides={"dims": (1, 2)}).hash == make_spec(overrides={"dims": [1, 2]}).hash
+    assert make_spec(train_config={"dims": (1, 2)}).hash == make_spec(train_config={"dims": [1, 2]}).hash
 
 
 def test_numbers_canonical():
@@ -76,11 +80,11 @@ def test_numbers_canonical():
     a = make_spec(method_config={"lr": np.float64(0.002), "n_ctx": np.int64(16)}, seed=np.int64(1))
     b = make_spec(method_config={"lr": 0.002, "n_ctx": 16.0}, seed=1)
     assert a.hash == b.hash
-    assert make_spec(overrides={"x": 2e-3}).hash == make_spec(overrides={"x": 0.002}).hash
-    assert make_spec(overrides={"x": -0.0}).hash == make_spec(overrides={"x": 0}).hash
-    assert make_spec(overrides={"x": 0.1}).hash != make_spec(overrides={"x": 0.1000001}).hash
+    assert make_spec(train_config={"x": 2e-3}).hash == make_spec(train_config={"x": 0.002}).hash
+    assert make_spec(train_config={"x": -0.0}).hash == make_spec(train_config={"x": 0}).hash
+    assert make_spec(train_config={"x": 0.1}).hash != make_spec(train_config={"x": 0.1000001}).hash
     assert canonical_json({"b": 1.0, "a": [float("nan"), True]}) == '{"a":["nan",true],"b":1}'
-    assert make_spec(overrides={"flag": True}).hash != make_spec(overrides={"flag": 1}).hash
+    assert make_spec(train_config={"flag": True}).hash != make_spec(train_config={"flag": 1}).hash
 
 
 @pytest.mark.parametrize(
@@ -99,8 +103,12 @@ def test_numbers_canonical():
         {"backbone": "toy"},
         {"pretrained": None},
         {"pretrained": "laion2b"},
-        {"overrides": {}},
-        {"overrides": {"epochs": 11, "batch_size": 32}},
+        {"train_config": {}},
+        {"train_config": {"epochs": 11, "batch_size": 32}},
+        {"preset": "default"},
+        {"protocol_settings": {"views": 8}},
+        {"versions": {"engine": 3, "method": 1}},
+        {"versions": {"engine": 2, "method": 2}},
     ],
 )
 def test_any_field_change_changes_hash(change):
@@ -108,7 +116,7 @@ def test_any_field_change_changes_hash(change):
 
 
 def test_round_trip_dict_and_json():
-    spec = make_spec(name="hello", overrides={"t": (1, 2), "nested": {"a": [1.5, None]}})
+    spec = make_spec(name="hello", train_config={"t": (1, 2), "nested": {"a": [1.5, None]}})
     again = RunSpec.from_dict(spec.to_dict())
     assert again == spec and again.hash == spec.hash and again.name == "hello"
     via_json = RunSpec.from_json(spec.to_json())
@@ -138,6 +146,8 @@ def test_validation():
     with pytest.raises(ValueError):
         make_spec(seed=True)
     with pytest.raises(TypeError):
-        make_spec(overrides={"f": object()})
+        make_spec(train_config={"f": object()})
+    with pytest.raises(ValueError, match="build_spec"):
+        make_spec(overrides={"epochs": 1})
     assert make_spec(datasets="toy_shapes").datasets == ("toy_shapes",)
     assert make_spec().source == "toy_shapes" and make_spec().targets == ("toy_colors",)

@@ -8,8 +8,7 @@ from workbench.data import base_new_split, load_few_shot
 from workbench.engine.evaluate import evaluate
 from workbench.engine.train import TrainConfig, fit
 from workbench.methods import ClassTask, build_method
-from workbench.protocols import train_config_for
-from workbench.runs import RunSpec
+from workbench.protocols import build_spec, train_config_for
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +18,8 @@ def toy_base(toy_data_root):
 
 
 def toy_train_config(method: str, **changes) -> TrainConfig:
-    spec = RunSpec(method=method, protocol="base_to_novel", datasets=("toy_objects",), method_config={"preset": "toy"},
-                   overrides={f"train.{k}": v for k, v in changes.items()})
+    spec = build_spec(method, "base_to_novel", "toy_objects", preset="toy",
+                      settings={f"train.{k}": v for k, v in changes.items()})
     return train_config_for(spec)
 
 

@@ -11,7 +11,7 @@ COMMAND_MODULES = [
     "workbench.data.cli",  # workbench data ...
     "workbench.runs.cli",  # workbench runs ...
     "workbench.engine.cli",  # workbench zeroshot
-    "workbench.protocols.cli",  # workbench run, workbench methods
+    "workbench.run_cli",  # workbench run, workbench methods
     "workbench.notebooks_cli",
     "workbench.demo",  # workbench demo
     "workbench.bench_cli",  # workbench bench

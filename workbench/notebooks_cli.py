@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -129,102 +127,32 @@ def notebook_specs(methods: Sequence[str], protocol: str, datasets: Sequence[str
                    seeds: Sequence[int], *, backbone: str = "toy", pretrained: str | None = None,
                    epochs: int | None = None, train_settings: Mapping[str, Any] | None = None,
                    presets: Mapping[str, str] | str | None = None) -> list:
-    """RunSpecs for methods x datasets x shots x seeds, built the way `workbench run` builds them
-    (`method_config = {"preset": resolve_preset(...)}`, training settings as "train.<field>" overrides),
-    so a run started from the shell with the same settings is reused.
+    """RunSpecs for methods × datasets × shots × seeds through the one spec builder
+    (`workbench.protocols.build_specs`), so the same request from the shell or the demo is the same run.
 
-    Methods with nothing to train (zero-shot) run once per dataset (shots None = no few-shot sampling,
-    first seed only, no training overrides): their result depends on none of these, so K shot counts x
-    seeds would only repeat it. `presets` picks a named preset per method ({"mmrl": "toy"}) instead of
-    `resolve_preset`'s choice; a single name ("toy") applies to every method that has such a preset
-    (the others keep the automatic choice).
-    """
-    import dataclasses
+    `train_settings` are training settings ({"epochs": 2} or {"train.epochs": 2}); `epochs` is a shortcut
+    for train.epochs. Methods that train nothing (zero-shot) run once per dataset and take none of them.
+    `presets` picks a preset per method ({"mmrl": "toy"}); a single name applies to every method that has
+    such a preset (the others keep the automatic choice)."""
+    from .protocols.builder import build_specs
 
-    from .engine.train import TrainConfig
-    from .methods import get_method_class
-    from .protocols import resolve_preset
-    from .runs import RunSpec
-
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    settings = dict(train_settings or {})
+    settings = {f"train.{k.removeprefix('train.')}": v for k, v in (train_settings or {}).items()}
     if epochs is not None:
-        settings["epochs"] = int(epochs)
-    bad = sorted(k.removeprefix("train.") for k in settings if k.removeprefix("train.") not in train_fields)
-    if bad:
-        raise ValueError(f"unknown training setting(s) {bad}; known: {sorted(train_fields)}")
-    shot_list = [shots] if isinstance(shots, int) or shots is None else list(shots)
-    specs = []
-    for method in methods:
-        cls = get_method_class(method)
-        overrides = {}
-        if cls.trainable:
-            overrides = {f"train.{k.removeprefix('train.')}": tuple(v) if isinstance(v, list) else v
-                         for k, v in settings.items()}
-        if isinstance(presets, str):
-            preset = presets if presets in cls.presets else None
-        else:
-            preset = (presets or {}).get(method)
-        if preset is not None and preset not in cls.presets:
-            raise ValueError(f"{method} has no preset {preset!r}; presets: {sorted(cls.presets)}")
-        # nothing to train: the result depends on neither shots nor seed, so one run per dataset
-        method_shots, method_seeds = (shot_list, list(seeds)) if cls.trainable else ([None], list(seeds)[:1])
-        for dataset in ([datasets] if isinstance(datasets, str) else datasets):
-            config = {"preset": preset or resolve_preset(method, protocol, backbone, dataset)}
-            for k in method_shots:
-                for seed in method_seeds:
-                    specs.append(RunSpec(method=method, protocol=protocol, datasets=(dataset,),
-                                         method_config=config, shots=k, seed=int(seed), backbone=backbone,
-                                         pretrained=pretrained, overrides=overrides))
-    return specs
-
-
-@dataclass
-class LaunchResult:
-    spec: Any
-    run: Any = None  # RunHandle when finished
-    reused: bool = False
-    seconds: float = 0.0
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.run is not None and self.error is None
+        settings["train.epochs"] = int(epochs)
+    groups = [datasets] if isinstance(datasets, str) else list(datasets)
+    return build_specs(list(methods), protocol, groups, shots=shots, seeds=list(seeds), backbone=backbone,
+                       pretrained=pretrained, presets=presets, settings=settings)
 
 
 def launch(specs: Sequence, registry=None, *, device: str | None = None, data_root: str | None = None,
-           progress: bool = False, show: Sequence[str] = (), stop_on_error: bool = False) -> list[LaunchResult]:
-    """Run each spec through `workbench.protocols.execute` (a finished run with the same hash is reused,
-    not rerun), printing one line per run. A failing run is reported and skipped unless
-    `stop_on_error`; its error is in the result and in the run's log.txt."""
-    from .engine.features import FeatureCache
-    from .protocols import execute
-    from .runs import Registry
+           progress: bool = False, show: Sequence[str] = (), stop_on_error: bool = False) -> list:
+    """Run each spec (`workbench.runs.execute.run_specs`: a finished run is reused, one line per run; a
+    failing run is reported and skipped unless `stop_on_error`). Returns the outcomes (`.ok`, `.run`,
+    `.spec`, `.reused`, `.error`)."""
+    from .runs.execute import run_specs
 
-    registry = registry if registry is not None and not isinstance(registry, (str, Path)) else Registry(registry)
-    cache = FeatureCache()
-    results = []
-    for i, spec in enumerate(specs, start=1):
-        label = f"[{i}/{len(specs)}] {spec.method} {spec.source} shots={spec.shots} seed={spec.seed}"
-        before = registry.find(spec)
-        reused = before is not None and before.is_done
-        start = time.perf_counter()
-        try:
-            run = execute(spec, registry, device=device, data_root=data_root, progress=progress, cache=cache)
-        except Exception as exc:  # noqa: BLE001 - reported, the next run goes on
-            if stop_on_error:
-                raise
-            msg = f"{type(exc).__name__}: {exc}"
-            print(f"{label}: FAILED ({msg})", flush=True)
-            results.append(LaunchResult(spec, None, False, time.perf_counter() - start, msg))
-            continue
-        seconds = time.perf_counter() - start
-        metrics = run.metrics
-        shown = "  ".join(f"{k} {metrics[k]:.2f}" for k in show if isinstance(metrics.get(k), (int, float)))
-        state = "reused" if reused else f"done in {seconds:.1f}s"
-        print(f"{label}: {state}  {run.short_hash}  {shown}".rstrip(), flush=True)
-        results.append(LaunchResult(spec, run, reused, seconds))
-    return results
+    return run_specs(specs, registry, device=device, data_root=data_root, progress=progress, show=show or None,
+                     stop_on_error=stop_on_error, echo=lambda line: print(line, flush=True))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import appcore
 from workbench.data import list_manifests
 from workbench.methods import get_method_class, list_methods
 from workbench.protocols import PROTOCOLS
-from workbench.runs import launcher
+from workbench import launcher
 
 st.title("Launch runs")
 st.caption("Starts `workbench run` in the background (one process, one run per seed). Progress shows up on "
@@ -34,7 +34,7 @@ protocol = c2.selectbox("Protocol", protocols,
                         index=protocols.index("base_to_novel") if "base_to_novel" in protocols else 0,
                         key="l_protocol")
 presets = sorted(get_method_class(method).presets)
-transfer = protocol in launcher.TRANSFER_PROTOCOLS
+transfer = PROTOCOLS[protocol].max_datasets != 1
 
 with st.form("launch_form"):
     chosen = st.multiselect(
@@ -55,9 +55,10 @@ with st.form("launch_form"):
     device = c3.selectbox("Device", devices, key="l_device")
     data_root = st.text_input("Data root", os.environ.get("WORKBENCH_DATA", ""), key="l_root",
                               help="folder holding the real datasets in the CoOp layout (toy datasets need none)")
-    settings = st.text_area("Overrides (`--set`), one KEY=VALUE per line", "", key="l_settings",
-                            placeholder="train.epochs=1\ntrain.lr=0.002\nn_ctx=4",
-                            help="train.* are training settings; other keys are the method's settings")
+    settings = st.text_area("Settings (`--set`), one KEY=VALUE per line", "", key="l_settings",
+                            placeholder="train.epochs=1\ntrain.lr=0.002\nmethod.n_ctx=4",
+                            help="train.* are training settings, method.* the method's; `workbench methods show "
+                                 "NAME` lists them. Unknown keys and wrong types are refused.")
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
     name = c1.text_input("Display name (optional)", "", key="l_name")
     force = c2.checkbox("Re-run if done", key="l_force")

@@ -11,7 +11,7 @@ import appcore
 from workbench.analysis import embeddings as emb
 from workbench.analysis import figures
 from workbench.analysis.metrics import confusion_matrix, per_class_accuracy
-from workbench.protocols.base import load_embeddings
+from workbench.runs import load_embeddings
 
 VIEWS = {"curves": "Training curves", "similarity": "Similarities", "embeddings": "Embeddings",
          "confusion": "Confusion", "log": "Log"}
@@ -75,11 +75,23 @@ with c1:
         st.caption("No final metrics yet.")
 with c2:
     st.markdown("**Spec**")
-    spec = run.spec.to_dict()
-    shown = {k: (", ".join(v) if k == "datasets" else json.dumps(v, sort_keys=True) if isinstance(v, dict) else
-                 "" if v is None else str(v)) for k, v in spec.items()}
-    st.dataframe(pd.DataFrame({"field": list(shown), "value": list(shown.values())}), hide_index=True,
+    spec_obj = run.spec
+    summary = {"method": spec_obj.method, "protocol": spec_obj.protocol, "datasets": ", ".join(spec_obj.datasets),
+               "shots": "" if spec_obj.shots is None else str(spec_obj.shots), "seed": str(spec_obj.seed),
+               "backbone": spec_obj.backbone, "pretrained": spec_obj.pretrained or "", "preset": spec_obj.preset or "",
+               "versions": ", ".join(f"{k} {v}" for k, v in sorted(spec_obj.versions.items()))}
+    st.dataframe(pd.DataFrame({"field": list(summary), "value": list(summary.values())}), hide_index=True,
                  width="stretch", key="d_spec")
+    if row.get("stale"):
+        st.warning(f"Stale: {row['stale']}. Kept for reading; the same request runs again instead of reusing it.")
+    settings = spec_obj.legacy if spec_obj.is_legacy else spec_obj.resolved_settings()
+    with st.expander(f"Resolved settings ({len(settings)})" if not spec_obj.is_legacy
+                     else "Settings (legacy run: preset name and overrides only)"):
+        explicit = set(spec_obj.settings)
+        st.dataframe(pd.DataFrame({"setting": list(settings),
+                                   "value": [json.dumps(v, sort_keys=True, default=str) for v in settings.values()],
+                                   "set explicitly": [k in explicit for k in settings]}),
+                     hide_index=True, width="stretch", key="d_settings")
     st.caption(f"hash `{run.hash}` · folder `{run.dir}`")
 
 view_param = str(st.query_params.get("view", ""))

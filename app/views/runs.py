@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 import appcore
-from workbench.runs import launcher
+from workbench import launcher
 
 st.title("Runs")
 reg = appcore.registry()

@@ -64,3 +64,17 @@ class DatasetSplits:
             descriptions=descriptions,
             parent_labels=None if self.parent_labels is None else [self.parent_labels[i] for i in labels],
         )
+
+
+@dataclass(frozen=True)
+class ClassTask:
+    """The classes a method is trained on or evaluated over."""
+
+    dataset: str
+    classnames: tuple[str, ...]
+    templates: tuple[str, ...] = ("a photo of a {}.",)
+    descriptions: dict[str, list[str]] | None = field(default=None, compare=False, hash=False)
+
+    @classmethod
+    def from_splits(cls, ds) -> "ClassTask":
+        return cls(ds.name, tuple(ds.classnames), tuple(ds.templates), ds.descriptions)

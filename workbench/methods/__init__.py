@@ -4,10 +4,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import (DOMAINS, METHODS, ClassTask, LossOutput, Method, Preset, UnknownMethodError, build_method,
-                   get_method_class, list_methods, register_method, resolve_config)
-
-_NOT_METHODS = {"base", "common"}
+_NOT_METHODS = {"base", "common", "catalog"}
+_BASE_EXPORTS = ("DOMAINS", "METHODS", "ClassTask", "LossOutput", "Method", "Preset", "UnknownMethodError",
+                 "build_method", "get_method_class", "list_methods", "register_method", "resolve_config")
 _loaded = False
 
 
@@ -20,6 +19,16 @@ def _load_all() -> None:
         if info.name not in _NOT_METHODS and not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}")
     _loaded = True
+
+
+def __getattr__(name: str):  # lazy: `workbench.methods.catalog` answers without importing torch
+    if name in _BASE_EXPORTS:
+        from . import base
+
+        value = getattr(base, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'workbench.methods' has no attribute {name!r}")
 
 
 __all__ = ["DOMAINS", "METHODS", "ClassTask", "LossOutput", "Method", "Preset", "UnknownMethodError",

@@ -22,22 +22,9 @@ import torch
 from torch import nn
 
 from ..backbone import CLIPBackbone
+from ..data.types import ClassTask  # noqa: F401  (re-exported: methods are built on a ClassTask)
 
 DOMAINS = ("base", "new", "cross", "shift")
-
-
-@dataclass(frozen=True)
-class ClassTask:
-    """The classes a method is trained on or evaluated over."""
-
-    dataset: str
-    classnames: tuple[str, ...]
-    templates: tuple[str, ...] = ("a photo of a {}.",)
-    descriptions: dict[str, list[str]] | None = field(default=None, compare=False, hash=False)
-
-    @classmethod
-    def from_splits(cls, ds) -> "ClassTask":
-        return cls(ds.name, tuple(ds.classnames), tuple(ds.templates), ds.descriptions)
 
 
 @dataclass

@@ -1,5 +1,26 @@
-"""Evaluation protocols; `execute(spec)` runs one RunSpec into the registry."""
-from . import standard  # noqa: F401  (registers the protocols)
-from .base import PROTOCOLS, UnknownProtocolError, execute, resolve_preset, train_config_for
+"""Evaluation protocols and the one spec builder.
 
-__all__ = ["PROTOCOLS", "UnknownProtocolError", "execute", "resolve_preset", "train_config_for"]
+Imports are lazy: `workbench.protocols.runspec` (the RunSpec record) and the builder's setting tables
+load without torch; the protocols themselves (and torch) load on first use of `PROTOCOLS`.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "PROTOCOLS": "registry", "ProtocolInfo": "base", "UnknownProtocolError": "base", "RunContext": "base",
+    "train_config_for": "base", "get_protocol": "registry",
+    "RunSpec": "runspec", "SpecError": "builder", "build_spec": "builder", "build_specs": "builder",
+    "resolve_preset": "builder", "current_versions": "builder", "stale_reason": "builder",
+    "check_resolved": "builder",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'workbench.protocols' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value

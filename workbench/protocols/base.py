@@ -1,8 +1,9 @@
-"""Running a `RunSpec`: protocol × datasets × method, recorded in the run registry.
+"""What a protocol is (`ProtocolInfo`, `register_protocol`) and the steps every protocol shares.
 
 Every protocol follows the same flow: load the datasets (few-shot split of the source), build the
 method on the training classes, `engine.fit`, then `engine.evaluate` each test set in the right
-domain, and write metrics and predictions to the run folder.
+domain, and write metrics, predictions and embeddings through the run handle (`ctx.run`). Running a
+spec into the registry is `workbench.runs.execute` (the layer above).
 """
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from ..analysis.metrics import harmonic_mean
 from ..engine.evaluate import evaluate
 from ..engine.features import FeatureCache
 from ..engine.train import TrainConfig, fit
-from ..methods import ClassTask, build_method, get_method_class
-from ..runs import Registry, RunSpec
+from ..data.types import ClassTask
+from ..methods import get_method_class
+from .runspec import RunSpec
+from .settings import coerce, field_types
 
 @dataclass(frozen=True)
 class ProtocolInfo:
@@ -32,9 +35,13 @@ class ProtocolInfo:
     metrics: tuple[str, ...] = ()  # metric columns it always writes (base/new/hm, top1, average)
     per_dataset_metrics: bool = False  # also one top-1 column named after each dataset (source, targets)
     domains: tuple[str, ...] = ("base",)  # evaluation domains it asks methods for (methods.DOMAINS)
-    namespace: str | None = None  # prefix of its own settings (`--set <namespace>.<field>=...`)
-    settings: type | None = None  # dataclass of those settings (None: it has none)
+    settings: type | None = None  # dataclass of its own settings, set as `<name>.<field>` (None: it has none)
     version: int = 1  # behaviour version, part of every run's identity
+
+    @property
+    def namespace(self) -> str | None:
+        """The prefix of the protocol's own settings: its name."""
+        return self.name if self.settings is not None else None
 
     def dataset_count_error(self, n: int) -> str | None:
         """Why `n` datasets do not fit this protocol (None when they do)."""
@@ -79,33 +86,20 @@ class RunContext:
     metrics: dict = field(default_factory=dict)
 
 
-def resolve_preset(method: str, protocol: str, backbone: str, dataset: str | None = None) -> str:
-    """Which named preset a run uses when none is given: the embedded toy world has its own CPU
-    budget; otherwise a protocol preset for the (source) dataset such as `base_to_novel_imagenet`,
-    then the protocol's preset, else the method's default."""
-    from ..models import is_embedded_scale
-
-    cls = get_method_class(method)
-    if "toy" in cls.presets and is_embedded_scale(backbone):
-        return "toy"
-    if dataset and f"{protocol}_{dataset.lower()}" in cls.presets:
-        return f"{protocol}_{dataset.lower()}"
-    if protocol in cls.presets:
-        return protocol
-    return cls.default_preset
+def _typed(config_cls, values: dict, what: str):
+    """A config instance from resolved values as stored (JSON: lists for tuples, 1 for 1.0)."""
+    types = field_types(config_cls)
+    return config_cls(**{k: coerce(v, types[k], f"{what}.{k}") for k, v in values.items()})
 
 
 def train_config_for(spec: RunSpec) -> TrainConfig:
-    cls = get_method_class(spec.method)
-    preset = spec.method_config.get("preset") or cls.default_preset
-    values = dict(cls.presets[preset].train) if preset in cls.presets else {}
-    values.update({k[len("train."):]: v for k, v in spec.overrides.items() if k.startswith("train.")})
-    return TrainConfig.from_dict(values)
+    """The resolved training settings of a spec (see `builder.build_spec`)."""
+    return _typed(TrainConfig, spec.train_config, "train")
 
 
-def method_overrides(spec: RunSpec) -> tuple[str | None, dict]:
-    config = dict(spec.method_config)
-    return config.pop("preset", None), config
+def method_config_for(spec: RunSpec):
+    """The resolved method Config of a spec."""
+    return _typed(get_method_class(spec.method).Config, spec.method_config, "method")
 
 
 def load_splits(name: str, ctx: RunContext, shots: int | None, seed: int):
@@ -124,9 +118,9 @@ def load_splits(name: str, ctx: RunContext, shots: int | None, seed: int):
 def build_for(ctx: RunContext, train_ds):
     from ..engine.train import seed_everything
 
-    preset, overrides = method_overrides(ctx.spec)
+    cls = get_method_class(ctx.spec.method)
     seed_everything(ctx.spec.seed)  # random inits (context vectors, adapters) follow the run's seed
-    return build_method(ctx.spec.method, ctx.backbone, ClassTask.from_splits(train_ds), preset, overrides)
+    return cls(ctx.backbone, ClassTask.from_splits(train_ds), method_config_for(ctx.spec))
 
 
 def train(ctx: RunContext, method, train_ds) -> None:
@@ -148,68 +142,12 @@ def score(ctx: RunContext, method, ds, domain: str, key: str) -> float:
     result = evaluate(method, ds, "test", domain, device=ctx.device, batch_size=cfg.eval_batch_size,
                       cache=ctx.cache, progress=ctx.progress, max_embeddings=MAX_SAVED_EMBEDDINGS)
     ctx.run.save_predictions(key, result.labels, result.predictions, result.logits.astype(np.float16))
-    save_embeddings(ctx.run, key, result)
+    image = result.extra.get("image_embeddings")
+    if image is not None:
+        ctx.run.save_embeddings(key, image.astype(np.float16), result.labels[: len(image)], np.array(result.classnames),
+                                result.extra.get("class_embeddings"))
     ctx.metrics[f"{key}_skipped_images"] = result.skipped
     return result.top1
-
-
-def save_embeddings(run, key: str, result) -> None:
-    """embeddings.npz in the run folder: `<key>/image` [n, D], `<key>/labels` [n], `<key>/classes`
-    [C, D] (when the method has class embeddings) and `<key>/classnames`."""
-    image = result.extra.get("image_embeddings")
-    if image is None:
-        return
-    path = run.dir / "embeddings.npz"
-    arrays = dict(np.load(path, allow_pickle=False)) if path.exists() else {}
-    arrays[f"{key}/image"] = image.astype(np.float16)
-    arrays[f"{key}/labels"] = result.labels[: len(image)]
-    arrays[f"{key}/classnames"] = np.array(result.classnames)
-    if "class_embeddings" in result.extra:
-        arrays[f"{key}/classes"] = result.extra["class_embeddings"].astype(np.float16)
-    tmp = path.with_name("embeddings.tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
-
-
-def load_embeddings(run_dir, key: str) -> dict:
-    """What `save_embeddings` stored for one evaluated split (empty dict when nothing was)."""
-    from pathlib import Path
-
-    path = Path(run_dir) / "embeddings.npz"
-    if not path.exists():
-        return {}
-    with np.load(path, allow_pickle=False) as z:
-        return {name.split("/", 1)[1]: z[name] for name in z.files if name.split("/", 1)[0] == key}
-
-
-def execute(spec: RunSpec, registry: Registry | None = None, *, device: str | None = None,
-            data_root: str | None = None, force: bool = False, progress: bool = True,
-            cache: FeatureCache | None = None):
-    """Run `spec` unless a finished run with the same hash exists (then return it). A run that was
-    interrupted resumes from its last checkpoint."""
-    from ..backbone import trainable_parameter_report
-    from ..models import default_device, load_backbone
-
-    if spec.protocol not in PROTOCOLS:
-        raise UnknownProtocolError(f"unknown protocol {spec.protocol!r}; available: {', '.join(sorted(PROTOCOLS))}")
-    get_method_class(spec.method)  # fail early on unknown methods
-    registry = registry or Registry()
-    run = registry.create_or_get(spec)
-    if not registry.should_run(spec, force=force):
-        return run
-    ctx = RunContext(spec, run, device or default_device(), data_root, cache or FeatureCache(), progress)
-    with run.running():
-        ctx.backbone = load_backbone(spec.backbone, spec.pretrained, device=ctx.device)
-        run.log(f"backbone {ctx.backbone.model_id} on {ctx.device}")
-        metrics = PROTOCOLS[spec.protocol].run(ctx)
-        method = getattr(ctx, "method", None)
-        if method is not None:
-            report = trainable_parameter_report(method)
-            metrics["trainable_params"] = report["trainable"]
-        metrics.update({k: v for k, v in ctx.metrics.items() if k not in metrics})
-        run.write_metrics(metrics)
-        run.set_progress(1.0, "done")
-    return run
 
 
 def hm_metrics(base: float, new: float) -> dict:

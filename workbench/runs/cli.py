@@ -47,8 +47,13 @@ def cmd_list(args) -> int:
     if not args.all_metrics:
         metric_cols = metric_cols[: args.max_metrics]
     df["progress"] = df["progress"].map(lambda p: f"{100 * p:.0f}%")
+    stale = df["stale"].astype(bool)
+    df["status"] = df["status"].where(~stale, df["status"] + " (stale)")
     print(_fmt_table(df[BASE_LIST_COLUMNS + metric_cols]))
     print(f"\n{len(df)} run(s) in {reg.root}")
+    if stale.any():
+        print(f"{int(stale.sum())} stale run(s): made by an older version (settings format or behaviour); they are "
+              "kept for reading but never reused: the same command runs them again (`runs show HASH` says why)")
     return 0
 
 
@@ -65,9 +70,22 @@ def cmd_show(args) -> int:
     print(f"  status: {info['status']}  progress: {100 * info['progress']:.0f}%  {info['message']}".rstrip())
     if info.get("error"):
         print(f"  error: {info['error']}")
-    print("spec:")
-    print("  " + json.dumps({k: v for k, v in run.spec.to_dict().items() if k != "name"},
-                            indent=2, sort_keys=True).replace("\n", "\n  "))
+    spec = run.spec
+    from workbench.protocols.builder import stale_reason
+
+    reason = stale_reason(spec)
+    if reason:
+        print(f"  stale: {reason} (kept for reading; never reused)")
+    print(f"spec: {spec.method} / {spec.protocol} / {', '.join(spec.datasets)}  shots {spec.shots}  seed {spec.seed}  "
+          f"backbone {spec.backbone}{' (' + spec.pretrained + ')' if spec.pretrained else ''}  preset {spec.preset}")
+    if spec.versions:
+        print("  versions: " + ", ".join(f"{k} {v}" for k, v in sorted(spec.versions.items())))
+    if spec.settings:
+        print("  set explicitly: " + ", ".join(f"{k}={v!r}" for k, v in sorted(spec.settings.items())))
+    print("resolved settings:" if not spec.is_legacy else "settings recorded (legacy spec: preset name + overrides):")
+    settings = spec.resolved_settings() if not spec.is_legacy else spec.legacy
+    for key, value in sorted(settings.items()):
+        print(f"  {key} = {json.dumps(value, sort_keys=True, default=str)}")
     print("metrics:")
     print("  " + (json.dumps(info["metrics"], indent=2, sort_keys=True).replace("\n", "\n  ")
                   if info["metrics"] else "(none)"))

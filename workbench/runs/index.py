@@ -39,7 +39,8 @@ RETRY_DEADLINE_S = 120.0  # our retry loop on top of it, per transaction
 RUN_COLUMNS = [
     "hash", "short_hash", "name", "method", "protocol", "datasets", "source", "shots", "seed",
     "backbone", "pretrained", "status", "progress", "message", "error", "epochs",
-    "created_at", "updated_at", "started_at", "finished_at", "method_config", "overrides", "dir",
+    "created_at", "updated_at", "started_at", "finished_at", "preset", "method_config", "train_config",
+    "protocol_settings", "versions", "stale", "dir",
 ]
 # columns `Registry.list` accepts as filters (value, or a list/tuple/set of values, or None)
 FILTER_COLUMNS = {
@@ -100,6 +101,31 @@ def _flatten(d: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str
         else:
             out[key] = v
     return out
+
+
+def _preset_of(spec: dict) -> str | None:
+    preset = spec.get("preset", (spec.get("method_config") or {}).get("preset"))
+    return preset if isinstance(preset, str) else None
+
+
+def _method_config_of(spec: dict) -> dict:
+    return {k: v for k, v in (spec.get("method_config") or {}).items() if not ("overrides" in spec and k == "preset")}
+
+
+def _train_config_of(spec: dict) -> dict:
+    if "overrides" in spec:  # legacy spec: only the training settings given over the preset
+        return {k.removeprefix("train."): v for k, v in (spec.get("overrides") or {}).items()}
+    return spec.get("train_config", {})
+
+
+def _stale(spec: dict) -> str:
+    """Why a stored run would not be reused today ("" when it would): `protocols.builder.stale_reason`."""
+    from workbench.protocols.builder import stale_reason
+
+    try:
+        return stale_reason(RunSpec.from_dict(spec)) or ""
+    except (KeyError, ValueError, TypeError) as exc:
+        return f"unreadable spec ({exc})"
 
 
 def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
@@ -339,8 +365,12 @@ class Registry:
                 "message": row["message"], "error": row["error"], "epochs": row["epochs"],
                 "created_at": row["created_at"], "updated_at": row["updated_at"],
                 "started_at": row["started_at"], "finished_at": row["finished_at"],
-                "method_config": json.dumps(spec.get("method_config", {}), sort_keys=True),
-                "overrides": json.dumps(spec.get("overrides", {}), sort_keys=True),
+                "preset": _preset_of(spec),
+                "method_config": json.dumps(_method_config_of(spec), sort_keys=True),
+                "train_config": json.dumps(_train_config_of(spec), sort_keys=True),
+                "protocol_settings": json.dumps(spec.get("protocol_settings", {}), sort_keys=True),
+                "versions": json.dumps(spec.get("versions", {}), sort_keys=True),
+                "stale": _stale(spec),
                 "dir": str(self.root / row["short_hash"]),
             }
             metrics = json.loads(row["metrics_json"]) if row["metrics_json"] else {}

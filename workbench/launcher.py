@@ -3,8 +3,9 @@
 Only the workbench's own run command can be started: the command is always
 `[sys.executable, "-m", "workbench", "run", ...]`, built as an argument list (no shell) from a
 `LaunchRequest` whose every field is checked against the registries first (method in
-`list_methods()`, protocol in `PROTOCOLS`, datasets in `list_manifests()`, shots in 1/2/4/8/16,
-seeds non-negative ints, `--set` keys through `parse_settings`). The process gets its own session
+`list_methods()`, protocol in `PROTOCOLS` with the number of datasets it declares, datasets in
+`list_manifests()`, shots in 1/2/4/8/16, seeds non-negative ints, and the whole request through the one
+spec builder, so every `--set` key and value is checked exactly as `workbench run` will check it). The process gets its own session
 (`start_new_session=True`, so it outlives a restarted app), stdout/stderr go to
 `<registry>/launches/<stamp>.log`, and a `<stamp>.json` record beside it says what was started.
 
@@ -27,8 +28,6 @@ from typing import Any, Sequence
 
 SHOTS_CHOICES = (1, 2, 4, 8, 16)
 MAX_SEEDS = 20
-SINGLE_DATASET_PROTOCOLS = ("base_to_novel", "few_shot")  # exactly one dataset
-TRANSFER_PROTOCOLS = ("cross_dataset", "domain_generalization")  # source, then one or more targets
 LAUNCH_DIR = "launches"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+=-]*$")  # backbone / pretrained / preset names
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
@@ -159,7 +158,7 @@ def validate(req: LaunchRequest) -> list[str]:
     from workbench.data.manifests import DataRootError
     from workbench.methods import get_method_class, list_methods
     from workbench.protocols import PROTOCOLS
-    from workbench.protocols.cli import parse_settings
+    from workbench.protocols.builder import SpecError, build_specs
 
     errors: list[str] = []
     methods = list_methods()
@@ -176,10 +175,10 @@ def validate(req: LaunchRequest) -> list[str]:
         errors.append(f"unknown dataset(s) {', '.join(map(repr, unknown))}; available: {', '.join(known)}")
     if len(set(req.datasets)) != len(req.datasets):
         errors.append("a dataset is listed twice")
-    if req.protocol in SINGLE_DATASET_PROTOCOLS and len(req.datasets) > 1:
-        errors.append(f"{req.protocol} takes exactly one dataset, got {len(req.datasets)}")
-    if req.protocol in TRANSFER_PROTOCOLS and len(req.datasets) < 2:
-        errors.append(f"{req.protocol} needs a source dataset and at least one target (the first one is the source)")
+    if req.protocol in PROTOCOLS and req.datasets:
+        problem = PROTOCOLS[req.protocol].dataset_count_error(len(req.datasets))
+        if problem:
+            errors.append(problem)
     if isinstance(req.shots, bool) or req.shots not in SHOTS_CHOICES:
         errors.append(f"shots must be one of {', '.join(map(str, SHOTS_CHOICES))}, got {req.shots!r}")
     try:
@@ -198,10 +197,13 @@ def validate(req: LaunchRequest) -> list[str]:
         cls = get_method_class(req.method)
         if req.preset is not None and req.preset not in cls.presets:
             errors.append(f"{req.method} has no preset {req.preset!r}; presets: {', '.join(sorted(cls.presets))}")
-        try:
-            parse_settings(req.method, list(req.settings))
-        except Exception as exc:  # ValueError, yaml errors: all are the user's input
-            errors.append(f"invalid override: {exc}")
+        if req.protocol in PROTOCOLS and not errors:
+            try:  # the spec `workbench run` will build: every setting checked by name and type
+                build_specs([req.method], req.protocol, [req.datasets], shots=req.shots, seeds=req.seeds or (1,),
+                            backbone=req.backbone, pretrained=req.pretrained,
+                            presets={req.method: req.preset} if req.preset else None, settings=list(req.settings), strict=True)
+            except (SpecError, ValueError, KeyError) as exc:
+                errors.append(f"invalid setting: {exc.args[0] if exc.args else exc}")
     if req.data_root is not None and not Path(req.data_root).expanduser().is_dir():
         errors.append(f"data root {req.data_root!r} is not a folder")
     elif not unknown:

@@ -1,4 +1,5 @@
-"""Pieces several methods share: CLIP logits, frozen zero-shot class features, learnable text context."""
+"""Pieces several methods share: CLIP logits, frozen zero-shot class features, the templates a method
+prompts with, learnable text context."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import EMBED, CallableTokens
-from ..engine.features import class_text_features
+from ..engine.features import class_prompt, class_text_features
 
 # Toy presets crop mildly: toy objects are small, and crops below ~0.8 of the 48-pixel image often cut
 # the object out (CoOp on the embedded model lost ~6 points of base accuracy with (0.5, 1)).
@@ -37,10 +38,44 @@ class ScoresImageEmbeddings:
         return clip_logits(self.backbone, embeddings, self.eval_text.to(embeddings.device)), embeddings
 
 
-def zero_shot_text_features(backbone, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-    """Frozen CLIP class embeddings (template ensemble), computed with every extension disabled."""
+def dataset_key(name: str) -> str:
+    """'oxford_pets_base' -> 'oxford_pets' (base/new split suffixes removed)."""
+    key = name.lower()
+    for suffix in ("_base", "_new"):
+        key = key.removesuffix(suffix)
+    return key
+
+
+def method_templates(task, explicit: Sequence[str] | None = None, template_set: str | None = None) -> tuple[str, ...]:
+    """Templates a method prompts `task`'s classes with: `explicit` ones, else the named set's for the
+    task's dataset (data_manifests/templates), else the dataset's own (CoOp's, in its manifest)."""
+    if explicit:
+        return tuple(explicit)
+    if template_set:
+        from ..data.templates import load_template_set
+
+        found = load_template_set(template_set).for_dataset(dataset_key(task.dataset))
+        if found:
+            return found
+    return tuple(task.templates)
+
+
+def zero_shot_text_features(backbone, classnames: Sequence[str], templates: Sequence[str],
+                            average: str = "normalized") -> torch.Tensor:
+    """Frozen CLIP class embeddings (template ensemble), computed with every extension disabled.
+    average="normalized": mean of the normalized prompt features (CLIP's ensembling); "raw": mean of
+    the unnormalized ones (PromptSRC's teacher); normalized after averaging either way."""
     with backbone.extensions_disabled():
-        return class_text_features(backbone, classnames, templates).to(backbone.device)
+        if average == "normalized":
+            return class_text_features(backbone, classnames, templates).to(backbone.device)
+        if average != "raw":
+            raise ValueError(f"average must be 'normalized' or 'raw', got {average!r}")
+        prompts = [class_prompt(t, c) for c in classnames for t in templates]
+        with torch.no_grad():
+            feats = torch.cat([backbone.encode_text(backbone.tokenize(prompts[i:i + 512])).float()
+                               for i in range(0, len(prompts), 512)])
+        mean = feats.view(len(classnames), len(templates), -1).mean(dim=1)
+        return F.normalize(mean, dim=-1).to(backbone.device)
 
 
 class TextContext(nn.Module):
@@ -78,7 +113,7 @@ class TextContext(nn.Module):
         return self.ctx if self.class_specific else self.ctx.unsqueeze(0)
 
     def prompts(self, classnames: Sequence[str]) -> list[str]:
-        return [f"{self.prefix} {c.replace('_', ' ')}." for c in classnames]
+        return [class_prompt(self.prefix + " {}.", c) for c in classnames]
 
     def tokenized(self, classnames: Sequence[str]) -> torch.Tensor:
         return self.backbone_ref[0].tokenize(self.prompts(classnames))

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from workbench.backbone import CLIPBackbone, trainable_parameter_report
 from workbench.engine.features import class_text_features
+from workbench.data.templates import load_template_set
 from workbench.engine.gradients import project_conflicting, project_conflicting_all
 from workbench.methods import ClassTask, build_method
 from workbench.methods.common import clip_logits
@@ -229,7 +230,7 @@ def test_gpa_aggregates_prompts_over_epochs_and_survives_resume(tiny_backbone):
 
 
 def test_promptsrc_loss_by_hand_against_frozen_clip(tiny_backbone, color_dataset):
-    task = ClassTask.from_splits(color_dataset)  # two templates: the frozen text is an ensemble
+    task = ClassTask.from_splits(color_dataset)
     images = torch.randn(2, 3, tiny_backbone.image_size, tiny_backbone.image_size)
     labels = torch.tensor([0, 3])
     with attached(tiny_backbone, "promptsrc", task, depth_text=1, depth_vision=2) as method:
@@ -238,7 +239,11 @@ def test_promptsrc_loss_by_hand_against_frozen_clip(tiny_backbone, color_dataset
             prompted_image = F.normalize(tiny_backbone.encode_image(images), dim=-1)
     # depth-1 text prompts holding the words "a photo of a" give that single template's embedding
     prompted_text = class_text_features(tiny_backbone, task.classnames, ["a photo of a {}."])
-    frozen_text = class_text_features(tiny_backbone, task.classnames, task.templates)
+    # frozen text, as released: the unnormalized features of PromptSRC's 60 templates averaged, then normalized
+    templates = load_template_set("promptsrc_imagenet60").all
+    with torch.no_grad():
+        raw = tiny_backbone.encode_text(tiny_backbone.tokenize([t.format(c) for c in task.classnames for t in templates]))
+    frozen_text = F.normalize(raw.view(len(task.classnames), len(templates), -1).mean(1), dim=-1)
     with torch.no_grad():
         frozen_image = F.normalize(tiny_backbone.encode_image(images), dim=-1)
     scale = tiny_backbone.logit_scale.item()

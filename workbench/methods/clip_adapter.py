@@ -5,7 +5,7 @@
 
 Facts from the released trainer (gaopengcuhk/CLIP-Adapter, clip_adapter.py): reduction 4, ratio α = 0.2,
 no biases, the residual blend is on the unnormalized image feature, text features are the frozen
-zero-shot class embeddings, only the adapter is optimized with cross-entropy. Its README says to run
+zero-shot class embeddings of CoOp's template (its CUSTOM_TEMPLATES, the manifests' templates), only the adapter is optimized with cross-entropy. Its README says to run
 it with CoOp's commands, i.e. CoOp's Dassl schedule (SGD 0.002, cosine, batch 32, 1 constant
 warm-up epoch); 200 epochs as reported by the paper and by Tip-Adapter's comparison. [code/paper]
 
@@ -44,11 +44,13 @@ class CLIPAdapter(ScoresImageEmbeddings, Method):
     name = "clip_adapter"
     Config = CLIPAdapterConfig
     inputs = "features"
+    version = 2  # underscores read as spaces
     presets = {
         "default": Preset({"reduction": 4, "ratio": 0.2},
                           {"optimizer": "sgd", "lr": 0.002, "batch_size": 32, "epochs": 200, "warmup_epochs": 1,
                            "warmup_lr": 1e-5, "feature_views": 10},
-                          "few-shot: visual adapter r=4, α=0.2, CoOp's Dassl schedule (SGD 0.002, batch 32), "
+                          "few-shot: clip_adapter.py's visual adapter r=4, α=0.2; CoOp's configs/trainers/CoOp/vit_b16.yaml "
+                          "schedule (SGD 0.002, batch 32), "
                           "200 epochs; 10 cached augmented views"),
         "toy": Preset({"reduction": 4, "ratio": 0.2},
                       {"optimizer": "sgd", "lr": 0.01, "batch_size": 32, "epochs": 20, "warmup_epochs": 1,

@@ -1,4 +1,12 @@
-"""CoOp (Zhou et al., IJCV 2022): learnable text context shared by all classes (or class-specific)."""
+"""CoOp (Zhou et al., IJCV 2022): learnable text context shared by all classes (or class-specific).
+
+Presets from KaiyangZhou/CoOp [code]: configs/trainers/CoOp/vit_b16*.yaml all train with SGD 0.002,
+batch 32, cosine, 1 constant warm-up epoch at 1e-5; they differ in epochs and context init.
+COOP.md / scripts/coop: 1 shot ep50, 2 and 4 shots ep100, 8 and 16 shots the 200-epoch file, ImageNet
+*_ep50 at every shot count; 16 random context tokens, class token at the end. Base-to-novel has no
+CoOp config of its own: CoCoOp's scripts/cocoop/base2new_train.sh names vit_b16_ctxv1 for CoOp
+(vit_b16_ep50_ctxv1 on ImageNet), xd_train.sh vit_b16_ep50_ctxv1 for cross-dataset.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,17 +32,39 @@ TOY_TRAIN = {"optimizer": "sgd", "lr": 0.01, "batch_size": 32, "epochs": 10, "wa
 TOY_CACHED_VIEWS = {"cached_features": True, "feature_views": 5}
 
 
+def dassl_sgd(epochs: int, batch_size: int = 32) -> dict:
+    """CoOp's Dassl schedule (SGD 0.002, cosine, 1 constant warm-up epoch at 1e-5: TrainConfig's defaults)."""
+    return {"optimizer": "sgd", "lr": 0.002, "batch_size": batch_size, "epochs": epochs, "warmup_epochs": 1,
+            "warmup_lr": 1e-5}
+
+
+FEW_SHOT = Preset({"n_ctx": 16}, dassl_sgd(200),
+                  "8/16 shots: vit_b16.yaml, 16 random tokens, SGD 0.002, batch 32, 200 epochs")
+WORDS = {"n_ctx": 4, "ctx_init": "a photo of a"}
+IMAGENET_WORDS = Preset(WORDS, dassl_sgd(50), "trained on ImageNet (CoCoOp's scripts/cocoop/xd_train.sh for CoOp): "
+                                              "vit_b16_ep50_ctxv1.yaml, 'a photo of a', 50 epochs")
+
+
 @register_method
 class CoOp(ScoresImageEmbeddings, Method):
     name = "coop"
     Config = CoOpConfig
     frozen_image_tower = True
+    version = 2  # released presets (base-to-novel 200 epochs, shot- and ImageNet-specific few-shot)
     presets = {
-        "default": Preset({"n_ctx": 16}, {"optimizer": "sgd", "lr": 0.002, "batch_size": 32, "epochs": 200},
-                          "few-shot: 16 random context tokens, SGD 0.002, 200 epochs (CoOp, 8/16 shots)"),
-        "base_to_novel": Preset({"n_ctx": 4, "ctx_init": "a photo of a"},
-                                {"optimizer": "sgd", "lr": 0.002, "batch_size": 32, "epochs": 10},
-                                "base-to-novel as reported by CoCoOp/KgCoOp: 4 tokens from 'a photo of a'"),
+        "default": FEW_SHOT,
+        "few_shot": FEW_SHOT,
+        "few_shot_1shot": Preset({"n_ctx": 16}, dassl_sgd(50), "1 shot: vit_b16_ep50.yaml, 16 random tokens, 50 epochs"),
+        "few_shot_2shot": Preset({"n_ctx": 16}, dassl_sgd(100), "2 shots: vit_b16_ep100.yaml, 100 epochs"),
+        "few_shot_4shot": Preset({"n_ctx": 16}, dassl_sgd(100), "4 shots: vit_b16_ep100.yaml, 100 epochs"),
+        "few_shot_imagenet": Preset({"n_ctx": 16}, dassl_sgd(50),
+                                    "ImageNet, every shot count: vit_b16_ep50.yaml (COOP.md), 50 epochs"),
+        "base_to_novel": Preset(WORDS, dassl_sgd(200),
+                                "CoCoOp's scripts/cocoop/base2new_train.sh for CoOp: vit_b16_ctxv1.yaml, "
+                                "4 tokens from 'a photo of a', 200 epochs"),
+        "base_to_novel_imagenet": Preset(WORDS, dassl_sgd(50), "the same script on ImageNet: vit_b16_ep50_ctxv1.yaml"),
+        "cross_dataset": IMAGENET_WORDS,
+        "domain_generalization": IMAGENET_WORDS,
         "toy": Preset({"n_ctx": 4, "ctx_init": "a photo of a"}, {**TOY_TRAIN, **TOY_CACHED_VIEWS, "epochs": 20},
                       "embedded toy world, CPU budget (~10 s): 20 epochs over 5 cached views"),
     }

@@ -1,5 +1,11 @@
 """KgCoOp (Yao et al., CVPR 2023): CoOp + keep learned class embeddings close to hand-crafted ones:
-L = CE + λ · (1 − mean_c cos(w_c, w_c^clip))."""
+L = CE + λ · (1 − mean_c cos(w_c, w_c^clip)).
+
+Facts from htyao89/KgCoOp [code]: trainers/kgcoop.py builds w^clip from its own CUSTOM_TEMPLATES (CoOp's,
+except DescribableTextures: "a photo of a {}, a type of texture."; data_manifests/templates/kgcoop.yaml)
+and always initialises 4 context tokens from "a photo of a"; scripts/base2new_train.sh runs
+configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml (SGD 0.002, batch 128, 100 epochs) with λ = 8.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from .base import LossOutput, Preset, register_method
-from .coop import TOY_CACHED_VIEWS, TOY_TRAIN, CoOp
-from .common import clip_logits, zero_shot_text_features
+from .coop import TOY_CACHED_VIEWS, TOY_TRAIN, CoOp, dassl_sgd
+from .common import clip_logits, method_templates, zero_shot_text_features
 
 
 @dataclass
@@ -18,6 +24,8 @@ class KgCoOpConfig:
     ctx_init: str = "a photo of a"
     class_specific: bool = False
     weight: float = 8.0  # λ
+    templates: tuple[str, ...] | None = None  # hand-crafted prompts; None: `template_set`'s for the dataset
+    template_set: str = "kgcoop"  # data_manifests/templates/<name>.yaml; datasets it lacks use their own
 
 
 @register_method
@@ -25,16 +33,19 @@ class KgCoOp(CoOp):
     name = "kgcoop"
     Config = KgCoOpConfig
     default_preset = "base_to_novel"
+    version = 2  # underscores read as spaces; KgCoOp's own templates (DTD)
     presets = {
-        "base_to_novel": Preset({}, {"optimizer": "sgd", "lr": 0.002, "batch_size": 128, "epochs": 100},
-                                "KgCoOp's ViT-B/16 b2n config: 4 tokens, λ=8"),
+        "base_to_novel": Preset({}, dassl_sgd(100, batch_size=128),
+                                "scripts/base2new_train.sh: vit_b16_ep100_ctxv1.yaml, 4 tokens from 'a photo of a', "
+                                "λ=8, SGD 0.002, batch 128, 100 epochs"),
         "toy": Preset({}, {**TOY_TRAIN, **TOY_CACHED_VIEWS, "epochs": 20},
                       "embedded toy world, CPU budget (~10 s): 20 epochs over 5 cached views"),
     }
 
     def __init__(self, backbone, task, config):
         super().__init__(backbone, task, config)
-        self.register_buffer("clip_text", zero_shot_text_features(backbone, task.classnames, task.templates),
+        templates = method_templates(task, config.templates, config.template_set)
+        self.register_buffer("clip_text", zero_shot_text_features(backbone, task.classnames, templates),
                              persistent=False)
 
     def training_loss(self, images, labels):

@@ -97,7 +97,7 @@ class LinearProbe(Method):
     closed_form = True
     presets = {
         "default": Preset({}, {"feature_views": 1, "crop_scale": (1.0, 1.0), "flip": False},
-                          "lpclip: logistic regression, C searched on val (coarse grid + 8 bisection steps), "
+                          "CoOp's lpclip/linear_probe.py: logistic regression, C searched on val (coarse grid + 8 bisection steps), "
                           "one non-augmented view"),
         "toy": Preset({}, {"feature_views": 1, "crop_scale": (1.0, 1.0), "flip": False},
                       "embedded toy world (same as default: a closed-form fit is cheap)"),

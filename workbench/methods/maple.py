@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import EMBED, END, CallableTokens
+from ..engine.features import class_prompt
 from .base import LossOutput, Method, Preset, register_method
 from .common import ScoresImageEmbeddings, clip_logits
 from .coop import TOY_TRAIN
@@ -73,7 +74,7 @@ class DeepTextPrompts(nn.Module):
         return self.layer(stage_layer(stage)).unsqueeze(0)
 
     def prompts(self, classnames) -> list[str]:
-        return [f"{self.prefix} {c.replace('_', ' ')}." for c in classnames]
+        return [class_prompt(self.prefix + " {}.", c) for c in classnames]
 
     def tokenized(self, classnames) -> torch.Tensor:
         return self.backbone_ref[0].tokenize(self.prompts(classnames))
@@ -147,15 +148,15 @@ class IVLP(ScoresImageEmbeddings, Method):
     default_preset = "base_to_novel"
     presets = {
         "base_to_novel": Preset({}, B2N_MAPLE_TRAIN,
-                                "MaPLe's IVLP baseline (vit_b16_c2_ep5_batch4_2+2ctx): 2+2 tokens, depth 12, "
+                                "MaPLe's configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml: 2+2 tokens, depth 12, "
                                 "SGD 0.0035, batch 4, 5 epochs"),
         "base_to_novel_4x4": Preset({"n_ctx_text": 4, "n_ctx_vision": 4, "depth_text": 9, "depth_vision": 9},
                                     B2N_PROMPTSRC_TRAIN,
-                                    "PromptSRC's IVLP baseline (vit_b16_c2_ep20_batch4_4+4ctx): 4+4 tokens, depth 9, "
+                                    "PromptSRC's configs/trainers/IVLP/vit_b16_c2_ep20_batch4_4+4ctx.yaml: 4+4 tokens, depth 9, "
                                     "SGD 0.0025, batch 4, 20 epochs"),
         "language_only": Preset({"n_ctx_text": 4, "n_ctx_vision": 0, "depth_text": 12, "depth_vision": 0},
                                 {**B2N_MAPLE_TRAIN, "lr": 0.0025},
-                                "deep language prompting only (vit_b16_c2_ep5_batch4_4ctx_language_only)"),
+                                "deep language prompting only (MaPLe's configs/trainers/IVLP/vit_b16_c2_ep5_batch4_4ctx_language_only.yaml)"),
         "toy": Preset({"depth_text": 3, "depth_vision": 3}, TOY_DEEP_TRAIN, "embedded toy world (4-layer towers), CPU"),
     }
 
@@ -188,7 +189,8 @@ class IVLP(ScoresImageEmbeddings, Method):
 
 
 MAPLE_CROSS = Preset({"depth": 3}, {**B2N_MAPLE_TRAIN, "lr": 0.0026, "epochs": 2},
-                     "released cross-dataset config (also used for domain generalization): ImageNet 16 shots, "
+                     "configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets.yaml (also for domain generalization): "
+                     "ImageNet 16 shots, "
                      "depth 3, SGD 0.0026, 2 epochs")
 
 
@@ -206,7 +208,7 @@ class MaPLe(IVLP):
     Config = MaPLeConfig
     default_preset = "base_to_novel"
     presets = {
-        "base_to_novel": Preset({}, B2N_MAPLE_TRAIN, "released vit_b16_c2_ep5_batch4_2ctx: 2 tokens from 'a photo "
+        "base_to_novel": Preset({}, B2N_MAPLE_TRAIN, "configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml: 2 tokens from 'a photo "
                                                      "of a', depth 9, SGD 0.0035, batch 4, 5 epochs"),
         "cross_dataset": MAPLE_CROSS,
         "domain_generalization": MAPLE_CROSS,

@@ -1,6 +1,14 @@
 """PromptSRC (Khattak et al., ICCV 2023): IVLP deep prompts regularised towards frozen CLIP
 (mutual agreement: L1 on text and image features, KL on logits) and Gaussian prompt aggregation
-(GPA): the prompts used at test time are Σ_e w_e·θ_e over epochs, w_e ∝ N(e; mean, std)."""
+(GPA): the prompts used at test time are Σ_e w_e·θ_e over epochs, w_e ∝ N(e; mean, std).
+
+Facts from muzairkhattak/PromptSRC [code]: trainers/promptsrc.py builds the frozen text features for
+every dataset from the 60 templates of trainers/imagenet_templates.py (IMAGENET_TEMPLATES;
+data_manifests/templates/promptsrc_imagenet60.yaml), averaging the unnormalized features and
+normalizing the mean; configs/trainers/PromptSRC/vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml gives
+GPA mean 30 std 30 for ImageNet, Caltech101, OxfordPets, Food101, UCF101, SUN397 and (commented)
+45 / 5 for StanfordCars, Flowers102, FGVCAircraft, DTD, EuroSAT.
+"""
 from __future__ import annotations
 
 import math
@@ -11,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LossOutput, Preset, register_method
-from .common import clip_logits, zero_shot_text_features
+from .common import clip_logits, method_templates, zero_shot_text_features
 from .coop import TOY_TRAIN
 from .maple import B2N_PROMPTSRC_TRAIN, IVLP
 
@@ -29,7 +37,8 @@ class PromptSRCConfig:
     logits_weight: float = 1.0  # KL(zero-shot logits ‖ prompted logits)
     gpa_mean: float = 15.0  # Gaussian over epochs 1..E (1-based, as released)
     gpa_std: float = 1.0
-    templates: tuple[str, ...] | None = None  # frozen text features; None: the dataset's templates
+    templates: tuple[str, ...] | None = None  # frozen text features; None: `template_set`'s
+    template_set: str = "promptsrc_imagenet60"  # data_manifests/templates/<name>.yaml
 
 
 def gaussian_epoch_weights(epochs: int, mean: float, std: float) -> list[float]:
@@ -43,7 +52,7 @@ def gaussian_epoch_weights(epochs: int, mean: float, std: float) -> list[float]:
 
 
 CROSS = Preset({"depth_text": 3, "depth_vision": 3, "gpa_mean": 6.0, "gpa_std": 10.0}, B2N_PROMPTSRC_TRAIN,
-               "released cross-dataset config (also used for domain generalization): depth 3, GPA mean 6 std 10, "
+               "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets.yaml (also for domain generalization): depth 3, GPA mean 6 std 10, "
                "SGD 0.0025, batch 4, 20 epochs")
 
 
@@ -56,23 +65,30 @@ class PromptSRC(IVLP):
     name = "promptsrc"
     Config = PromptSRCConfig
     default_preset = "base_to_novel"
+    version = 2  # underscores read as spaces; 60-template teacher (raw mean); GPA 45/5 few-shot presets
     presets = {
         "base_to_novel": Preset({}, B2N_PROMPTSRC_TRAIN,
-                                "released vit_b16_c2_ep20_batch4_4+4ctx: 4+4 tokens, depth 9, L1 weights 25/10, "
+                                "configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml: 4+4 tokens, depth 9, L1 weights 25/10, "
                                 "GPA mean 15 std 1, SGD 0.0025, batch 4, 20 epochs"),
         "few_shot": Preset({"gpa_mean": 30.0, "gpa_std": 30.0}, {**B2N_PROMPTSRC_TRAIN, "epochs": 50},
-                           "released few-shot config: 50 epochs, GPA mean 30 std 30 (ImageNet, Caltech, Pets, Food, "
-                           "UCF, SUN; the released file gives mean 45 std 5 for Cars, Flowers, Aircraft, DTD, EuroSAT)"),
+                           "vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml: 50 epochs, GPA mean 30 std 30 "
+                           "(ImageNet, Caltech101, OxfordPets, Food101, UCF101, SUN397)"),
+        **{f"few_shot_{d}": Preset({"gpa_mean": 45.0, "gpa_std": 5.0}, {**B2N_PROMPTSRC_TRAIN, "epochs": 50},
+                                   f"vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml, its setting for {d}: "
+                                   "GPA mean 45 std 5, 50 epochs")
+           for d in ("stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat")},
         "cross_dataset": CROSS,
         "domain_generalization": CROSS,
-        "toy": Preset({"depth_text": 3, "depth_vision": 3, "gpa_mean": 7.5, "gpa_std": 1.0}, TOY_TRAIN,
-                      "embedded toy world (4-layer towers), 10 epochs, GPA peak scaled to 15/20 of the run"),
+        "toy": Preset({"depth_text": 3, "depth_vision": 3, "gpa_mean": 7.5, "gpa_std": 1.0, "template_set": ""},
+                      TOY_TRAIN, "embedded toy world (4-layer towers), 10 epochs, GPA peak scaled to 15/20 of the "
+                                 "run; the toy's own template (its CLIP never saw ImageNet's template styles)"),
     }
 
     def __init__(self, backbone, task, config):
         super().__init__(backbone, task, config)
-        self.register_buffer("frozen_text", zero_shot_text_features(
-            backbone, task.classnames, config.templates or task.templates), persistent=False)
+        templates = method_templates(task, config.templates, config.template_set)
+        self.register_buffer("frozen_text", zero_shot_text_features(backbone, task.classnames, templates,
+                                                                    average="raw"), persistent=False)
         self.state_gpa = nn.Module()  # running Σ w_e·θ_e, checkpointed with the trainable state
         self.ensure_gpa_buffers()
 

@@ -12,6 +12,8 @@ Facts from gaopengcuhk/Tip-Adapter (main.py, utils.py, configs/*.yaml) [code]:
 - F: only the keys train, AdamW lr 0.001 (eps 1e-4, default weight decay 0.01), cosine per
   iteration over all steps, batch 256, 20 epochs (EuroSAT 100), cross-entropy on the Tip logits with
   the initial α, β; every epoch sees freshly augmented images;
+- the zero-shot classifier W uses each dataset's template (datasets/*.py: CoOp's), on ImageNet the
+  7-template ensemble of datasets/imagenet.py (data_manifests/templates/tip_adapter.yaml);
 - afterwards β and α are searched on val: β over `steps_β` values from 0.1 up to `scale_β`, α likewise
   (200 × 20 grids; the scales are per dataset, table below), initial β = 1, α per dataset.
 
@@ -37,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Method, Preset, register_method
-from .common import TOY_CROP_SCALE, clip_logits, zero_shot_text_features
+from .common import TOY_CROP_SCALE, clip_logits, dataset_key, method_templates, zero_shot_text_features
 from .linear_probe import trained_class_positions
 
 # per dataset: (initial α, search scale (β, α), fine-tuning epochs), from the released configs
@@ -70,7 +72,8 @@ class TipAdapterConfig:
     search: bool = True  # search β, α on val after fitting
     search_scale: tuple[float, float] | None = None  # (β max, α max); None: the paper's per dataset
     search_steps: tuple[int, int] = (200, 20)
-    templates: tuple[str, ...] | None = None  # None: the dataset's templates
+    templates: tuple[str, ...] | None = None  # None: `template_set`'s for the dataset
+    template_set: str = "tip_adapter"  # data_manifests/templates/<name>.yaml; datasets it lacks use their own
 
 
 def cache_logits(features: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, beta: float) -> torch.Tensor:
@@ -89,20 +92,21 @@ class TipAdapter(Method):
     name = "tip_adapter"
     Config = TipAdapterConfig
     inputs = "features"
+    version = 2  # underscores read as spaces; ImageNet's 7-template ensemble; paper settings on *_base tasks
     closed_form = True
     presets = {
         "default": Preset({}, {"feature_views": 10, "crop_scale": (0.5, 1.0), "flip": True},
                           "Tip-Adapter-F: cache from 10 augmented views, AdamW 0.001, batch 256, 20 epochs "
-                          "(EuroSAT 100), β/α searched on val; α/scales per dataset from the released configs"),
+                          "(EuroSAT 100), β/α searched on val; α/scales per dataset from the released configs/<dataset>.yaml"),
         "training_free": Preset({"finetune": False}, {"feature_views": 10, "crop_scale": (0.5, 1.0), "flip": True},
-                                "Tip-Adapter without fine-tuning (cache + β/α search only)"),
+                                "Tip-Adapter without fine-tuning (main.py's training-free branch: cache + β/α search)"),
         "toy": Preset({"search_steps": (50, 10)}, {"feature_views": 4, "crop_scale": TOY_CROP_SCALE, "flip": True},
                       "embedded toy world, CPU budget: 4 views, coarser β/α grid"),
     }
 
     def __init__(self, backbone, task, config):
         super().__init__(backbone, task, config)
-        paper_alpha, paper_scale, paper_epochs = PAPER_SETTINGS.get(task.dataset, FALLBACK_SETTINGS)
+        paper_alpha, paper_scale, paper_epochs = PAPER_SETTINGS.get(dataset_key(task.dataset), FALLBACK_SETTINGS)
         self.search_scale = tuple(config.search_scale or paper_scale)
         self.finetune_epochs = config.epochs if config.epochs is not None else paper_epochs
         dim = backbone.embed_dim
@@ -114,7 +118,8 @@ class TipAdapter(Method):
         self.register_buffer("train_text", self._text_features(task), persistent=False)
 
     def _text_features(self, task) -> torch.Tensor:
-        return zero_shot_text_features(self.backbone, task.classnames, self.config.templates or task.templates)
+        templates = method_templates(task, self.config.templates, self.config.template_set)
+        return zero_shot_text_features(self.backbone, task.classnames, templates)
 
     # -- logits -------------------------------------------------------------------------------
     def tip_logits(self, features, text, values) -> torch.Tensor:

@@ -17,7 +17,9 @@ class ZeroShotConfig:
 class ZeroShotCLIP(ScoresImageEmbeddings, Method):
     name = "zeroshot"
     Config = ZeroShotConfig
-    presets = {"default": Preset(description="dataset templates, no training")}
+    version = 2  # underscores read as spaces
+    presets = {"default": Preset(description="CoOp's per-dataset template (trainers/zsclip.py CUSTOM_TEMPLATES, "
+                                             "the manifests' templates), no training")}
     trainable = False
     frozen_image_tower = True
 

@@ -16,6 +16,14 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_SCALE = (0.08, 1.0)
 
 
+def normalized_batch(images, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
+    """uint8 array (N, H, W, 3) -> normalised float tensor (N, 3, H, W), as open_clip's preprocess does."""
+    import torch
+
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
 def _size(image_size: int | Sequence[int]) -> int:
     if isinstance(image_size, (tuple, list)):
         if len(set(image_size)) != 1:

@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from workbench.backbone.configs import register_workbench_configs
+from workbench.data.transforms import CLIP_MEAN, CLIP_STD, normalized_batch
 from workbench.paths import staged_dir
 
 from . import world
@@ -35,8 +36,7 @@ META_FILE = "workbench_model.json"
 PRETRAIN_VERSION = 2  # bump when the caption stream or the recipe changes: cached models are rebuilt
 DEFAULT_SEED = 0
 DEFAULT_STEPS = 1000
-MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP normalisation
-STD = (0.26862954, 0.26130258, 0.27577711)
+MEAN, STD = CLIP_MEAN, CLIP_STD  # OpenAI CLIP normalisation
 
 
 @dataclass
@@ -98,10 +98,7 @@ def naming_rates(cfg: PretrainConfig) -> dict[str, float]:
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> normalised float (N, 3, H, W), as open_clip's preprocess does."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return normalized_batch(images, MEAN, STD)
 
 
 def make_batch(cfg: PretrainConfig, step: int, size: int) -> tuple[np.ndarray, list[str]]:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
+from ..transforms import normalized_batch
 from . import world
 from .datasets import SPECS, TOY_OBJECTS, TOY_OBJECTS_SHIFTED, TOY_VOCAB, load_images
 
@@ -29,9 +30,7 @@ PROBE_MARGIN = 0.10
 
 @torch.no_grad()
 def image_features(model, images: np.ndarray, batch: int = 512) -> torch.Tensor:
-    from .pretrain import to_tensor
-
-    out = [model.encode_image(to_tensor(images[i:i + batch])) for i in range(0, len(images), batch)]
+    out = [model.encode_image(normalized_batch(images[i:i + batch])) for i in range(0, len(images), batch)]
     return F.normalize(torch.cat(out), dim=-1)
 
 

@@ -206,3 +206,40 @@ def test_finished_run_after_test_time_checkpoints_trains_nothing(tiny_backbone, 
     res = fit_staged(method, color_dataset, lpft_stages(), run=run, progress=False)
     assert res.resumed_from == (1, 2) and res.steps == uninterrupted[1].steps
     assert all(torch.equal(state(method)[k], v) for k, v in uninterrupted[0].items())
+
+
+class ImageLPFT(Method):
+    """LP-FT on images: a linear head on the image tower; stage "all" fine-tunes the tower too."""
+
+    name = "image_lpft"
+
+    def __init__(self, backbone, task):
+        super().__init__(backbone, task, None)
+        torch.manual_seed(0)
+        self.head = nn.Linear(backbone.embed_dim, len(task.classnames))
+
+    def stage_parameters(self, key):
+        tower = [p for n, p in self.backbone.named_parameters() if n.startswith("visual.") or ".visual." in n]
+        return list(self.head.parameters()) + (tower if key == "all" else [])
+
+    def training_loss(self, images, labels):
+        logits = self.head(self.backbone.encode_image(images))
+        return LossOutput(F.cross_entropy(logits, labels), logits=logits.detach())
+
+
+def test_lp_ft_on_images_probes_then_fine_tunes_the_tower(tiny_backbone, color_dataset):
+    import copy
+
+    backbone = copy.deepcopy(tiny_backbone)  # the session's backbone stays untouched
+    method = ImageLPFT(backbone, ClassTask.from_splits(color_dataset))
+    tower = {n: p.detach().clone() for n, p in backbone.named_parameters() if id(p) in
+             {id(q) for q in method.stage_parameters("all")[2:]}}
+    assert tower
+    head0 = method.head.weight.detach().clone()
+    probe = fit_staged(method, color_dataset, [Stage("head", sgd(0.1))], progress=False)
+    assert all(torch.equal(p, tower[n]) for n, p in backbone.named_parameters() if n in tower)
+    assert not torch.equal(method.head.weight, head0) and probe.steps == 1
+    method = ImageLPFT(copy.deepcopy(tiny_backbone), ClassTask.from_splits(color_dataset))
+    res = fit_staged(method, color_dataset, lp_ft(sgd(0.1), sgd(1e-3, batch_size=8), head="head"), progress=False)
+    moved = [n for n, p in method.backbone.named_parameters() if n in tower and not torch.equal(p, tower[n])]
+    assert moved and [r["lr"] for r in res.history] == [0.1, 1e-3] and res.steps == 1 + 2

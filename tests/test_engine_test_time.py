@@ -216,3 +216,25 @@ def test_coop_context_is_tuned_and_restored(tiny_backbone, color_dataset):
         assert tuned.logits.shape == (3, 5) and not np.allclose(tuned.logits, plain.logits)
     finally:
         tiny_backbone.clear_extensions()
+
+
+def test_several_evaluations_in_one_run_resume_each_from_its_own_state(tiny_backbone, color_dataset, tmp_path):
+    cfg = small_cfg(views=4, steps=1)
+
+    def both(run, method_factory):
+        out = []
+        for split, domain in (("test", "base"), ("val", "new")):
+            method = method_factory()
+            out.append((adapt_and_predict(method, color_dataset, cfg, split, domain, limit=3, run=run,
+                                          progress=False), method.calls))
+        return out
+
+    whole = both(new_run(tmp_path / "a"), lambda: method_for(tiny_backbone, color_dataset))
+    assert not np.array_equal(whole[0][0].logits, whole[1][0].logits)
+    run = new_run(tmp_path / "b")
+    with pytest.raises(Killed):
+        both(KilledAfterSaves(run, 3), lambda: method_for(tiny_backbone, color_dataset))  # 2 test saves, 1 val
+    (test, test_calls), (val, val_calls) = both(run, lambda: method_for(tiny_backbone, color_dataset))
+    assert test_calls == [] and val_calls == [4, 1]  # test came from the checkpoint; val resumed at sample 2
+    for got, (ref, _) in zip((test, val), whole):
+        assert np.array_equal(got.logits, ref.logits) and got.extra["domain"] == ref.extra["domain"]

@@ -19,7 +19,9 @@ tuned model on the original image; fp16 autocast with a GradScaler (init_scale 1
 Resume: with a run handle, progress is checkpointed every `checkpoint_every` samples (phase
 "test_time"); views are seeded per sample, so a resumed run gives identical predictions. A training
 checkpoint found in the run is carried inside each test-time checkpoint (key "carry"), so training
-code that reads checkpoints through `staged.training_checkpoint` still finds it.
+code that reads checkpoints through `staged.training_checkpoint` still finds it. One run may adapt on
+several (dataset, split, domain)s one after the other: finished ones are kept in later checkpoints
+and returned from there when asked again.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torchvision import transforms as T
@@ -264,6 +267,40 @@ def adapt_and_predict(method, ds: DatasetSplits, cfg: TestTimeConfig | None = No
     if not cfg.include_original:
         predict_tf = test_transform(method.backbone.image_size, method.backbone.mean, method.backbone.std)
 
+    key = f"{ds.name}/{split}/{domain}"
+    start, logits, labels, skipped = 0, [], [], 0
+    carry, base_epoch, finished = None, 0, {}  # finished: results of earlier (dataset/split/domain)s
+    if run is not None:
+        loaded = run.load_checkpoint(map_location="cpu")
+        ck = loaded[1] if loaded is not None else None
+        if ck is not None and ck.get("phase") == PHASE:
+            carry, finished = ck["carry"], dict(ck["finished"])
+            if ck["key"] != key and ck["next"] == ck["total"]:  # an earlier evaluation, complete
+                finished[ck["key"]] = {k: ck[k] for k in ("logits", "labels", "skipped")}
+            if key in finished:
+                done = finished[key]
+                return _result(method, ds, split, domain, cfg, list(done["logits"]), done["labels"].tolist(),
+                               done["skipped"])
+            if ck["key"] == key:
+                if ck["config"] != cfg.to_dict() or ck["seed"] != seed or ck["total"] != len(samples):
+                    raise ValueError("the run's test-time checkpoint was made with other settings; reset the run")
+                start, skipped, base_epoch = ck["next"], ck["skipped"], ck["base_epoch"]
+                logits, labels = list(ck["logits"]), ck["labels"].tolist()
+                run.log(f"test-time adaptation of {key} resumed at sample {start}/{len(samples)}")
+            elif ck["next"] != ck["total"]:
+                raise ValueError(f"the run's test-time adaptation of {ck['key']} is unfinished; finish it first")
+            else:
+                base_epoch = loaded[0] + 1
+        elif loaded is not None:
+            carry, base_epoch = loaded, loaded[0] + 1
+
+    def save(next_index: int) -> None:
+        run.save_checkpoint({"phase": PHASE, "key": key, "next": next_index, "skipped": skipped, "seed": seed,
+                             "total": len(samples), "config": cfg.to_dict(), "carry": carry, "finished": finished,
+                             "base_epoch": base_epoch, "logits": torch.stack(logits) if logits else torch.empty(0),
+                             "labels": torch.tensor(labels, dtype=torch.long)}, base_epoch + next_index)
+        run.set_progress(next_index / len(samples), f"test-time {key} {next_index}/{len(samples)}")
+
     # only the test-time parameters take gradients while adapting; flags are restored at the end
     flags = [(p, p.requires_grad) for p in method.parameters()]
     tuned = {id(p) for p in params}
@@ -271,27 +308,6 @@ def adapt_and_predict(method, ds: DatasetSplits, cfg: TestTimeConfig | None = No
         p.requires_grad_(id(p) in tuned)
     optimizer = _optimizer(params, cfg) if params else None
     state = TestTimeState(params, optimizer) if optimizer else None
-
-    start, logits, labels, skipped = 0, [], [], 0
-    carry, base_epoch = None, 0
-    if run is not None:
-        loaded = run.load_checkpoint(map_location="cpu")
-        if loaded is not None and loaded[1].get("phase") == PHASE:
-            ck = loaded[1]
-            if ck["config"] != cfg.to_dict() or ck["seed"] != seed or ck["total"] != len(samples):
-                raise ValueError("the run's test-time checkpoint was made with other settings; reset the run")
-            start, skipped, carry, base_epoch = ck["next"], ck["skipped"], ck["carry"], ck["base_epoch"]
-            logits, labels = list(ck["logits"]), list(ck["labels"])
-            run.log(f"test-time adaptation resumed at sample {start}/{len(samples)}")
-        elif loaded is not None:
-            carry, base_epoch = loaded, loaded[0] + 1
-
-    def save(next_index: int) -> None:
-        run.save_checkpoint({"phase": PHASE, "next": next_index, "skipped": skipped, "seed": seed,
-                             "total": len(samples), "config": cfg.to_dict(), "carry": carry,
-                             "base_epoch": base_epoch, "logits": torch.stack(logits) if logits else torch.empty(0),
-                             "labels": torch.tensor(labels, dtype=torch.long)}, base_epoch + next_index)
-        run.set_progress(next_index / len(samples), f"test-time {next_index}/{len(samples)}")
 
     try:
         bar = tqdm(range(start, len(samples)), desc=f"test-time {ds.name}/{split}", leave=False,
@@ -326,11 +342,13 @@ def adapt_and_predict(method, ds: DatasetSplits, cfg: TestTimeConfig | None = No
         for p, flag in flags:
             p.requires_grad_(flag)
 
-    num_classes = len(method.eval_task.classnames) if hasattr(method, "eval_task") else ds.num_classes
-    logits_t = torch.stack(logits) if logits else torch.empty(0, num_classes)
-    labels_t = torch.tensor(labels, dtype=torch.long)
-    classnames = list(method.eval_task.classnames) if hasattr(method, "eval_task") else list(ds.classnames)
-    return EvalResult(ds.name, split, classnames, labels_t.numpy(), logits_t.argmax(-1).numpy(),
+    return _result(method, ds, split, domain, cfg, logits, labels, skipped)
+
+
+def _result(method, ds, split, domain, cfg, logits, labels, skipped) -> EvalResult:
+    classnames = list(method.eval_task.classnames)
+    logits_t = torch.stack(logits) if logits else torch.empty(0, len(classnames))
+    return EvalResult(ds.name, split, classnames, np.asarray(labels, dtype=np.int64), logits_t.argmax(-1).numpy(),
                       logits_t.numpy(), skipped=skipped, extra={"domain": domain, "test_time": cfg.to_dict()})
 
 

@@ -43,8 +43,8 @@ def bottleneck_mlp(dim: int, reduction: int) -> nn.Sequential:
 class CLIPAdapter(ScoresImageEmbeddings, Method):
     name = "clip_adapter"
     Config = CLIPAdapterConfig
-    inputs = "features"
     version = 2  # underscores read as spaces
+    inputs = "features"
     presets = {
         "default": Preset({"reduction": 4, "ratio": 0.2},
                           {"optimizer": "sgd", "lr": 0.002, "batch_size": 32, "epochs": 200, "warmup_epochs": 1,

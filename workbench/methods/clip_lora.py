@@ -40,8 +40,8 @@ FEW_SHOT = Preset({}, lora_train(16), "16 shots: run_utils.py defaults (r=2, α=
 class CLIPLoRA(ScoresImageEmbeddings, Method):
     name = "clip_lora"
     Config = CLIPLoRAConfig
-    presets = {
     version = 2  # underscores read as spaces
+    presets = {
         "default": FEW_SHOT,
         "few_shot": FEW_SHOT,
         **{f"few_shot_{k}shot": Preset({}, lora_train(k), f"{k} shots: run_utils.py defaults, 500 x {k} iterations")

@@ -49,8 +49,8 @@ IMAGENET_WORDS = Preset(WORDS, dassl_sgd(50), "trained on ImageNet (CoCoOp's scr
 class CoOp(ScoresImageEmbeddings, Method):
     name = "coop"
     Config = CoOpConfig
-    frozen_image_tower = True
     version = 2  # released presets (base-to-novel 200 epochs, shot- and ImageNet-specific few-shot)
+    frozen_image_tower = True
     presets = {
         "default": FEW_SHOT,
         "few_shot": FEW_SHOT,

@@ -32,8 +32,8 @@ class KgCoOpConfig:
 class KgCoOp(CoOp):
     name = "kgcoop"
     Config = KgCoOpConfig
-    default_preset = "base_to_novel"
     version = 2  # underscores read as spaces; KgCoOp's own templates (DTD)
+    default_preset = "base_to_novel"
     presets = {
         "base_to_novel": Preset({}, dassl_sgd(100, batch_size=128),
                                 "scripts/base2new_train.sh: vit_b16_ep100_ctxv1.yaml, 4 tokens from 'a photo of a', "

@@ -69,8 +69,8 @@ def template_words(template: str) -> str:
 class ProGrad(CoOp):
     name = "prograd"
     Config = ProGradConfig
-    default_preset = "few_shot"
     version = 2  # underscores read as spaces; ProGrad's own templates and context init; released presets
+    default_preset = "few_shot"
     presets = {
         "few_shot": Preset({}, dassl_sgd(200), "8/16 shots (README, rn50.yaml): 16 tokens ending in ProGrad's "
                                                "template words, λ=1, T=1, SGD 0.002, batch 32, 200 epochs"),

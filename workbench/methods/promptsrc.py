@@ -64,8 +64,8 @@ def _buffer_name(param_name: str) -> str:
 class PromptSRC(IVLP):
     name = "promptsrc"
     Config = PromptSRCConfig
-    default_preset = "base_to_novel"
     version = 2  # underscores read as spaces; 60-template teacher (raw mean); GPA 45/5 few-shot presets
+    default_preset = "base_to_novel"
     presets = {
         "base_to_novel": Preset({}, B2N_PROMPTSRC_TRAIN,
                                 "configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml: 4+4 tokens, depth 9, L1 weights 25/10, "

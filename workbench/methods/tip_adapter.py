@@ -91,8 +91,8 @@ def search_grid(scale: float, steps: int) -> list[float]:
 class TipAdapter(Method):
     name = "tip_adapter"
     Config = TipAdapterConfig
-    inputs = "features"
     version = 2  # underscores read as spaces; ImageNet's 7-template ensemble; paper settings on *_base tasks
+    inputs = "features"
     closed_form = True
     presets = {
         "default": Preset({}, {"feature_views": 10, "crop_scale": (0.5, 1.0), "flip": True},

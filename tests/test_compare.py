@@ -1,21 +1,29 @@
 """workbench.analysis.compare: aggregation over seeds, the join with the transcribed paper tables, figures."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import statistics
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sp
 
 from workbench.analysis import compare
 from workbench.data.paper_results import load_paper_results
 from workbench.runs import Registry, RunSpec
 
 
-def _add_run(reg, method, protocol, dataset, shots, seed, metrics, status="done", overrides=None):
+MAIN = {"n_ctx": 4}  # the method config of the main runs; another config must never be averaged in
+
+
+def _add_run(reg, method, protocol, dataset, shots, seed, metrics, status="done", config=None):
     spec = RunSpec(method=method, protocol=protocol, datasets=(dataset,), shots=shots, seed=seed,
-                   method_config={"preset": "x"}, overrides=overrides or {})
+                   method_config=MAIN if config is None else config)
     run = reg.create_or_get(spec)
     if status == "done":
         with run.running():
@@ -23,6 +31,10 @@ def _add_run(reg, method, protocol, dataset, shots, seed, metrics, status="done"
     else:
         run.set_status(status)
     return run
+
+
+def _main(df):
+    return df[df["method_config"] == json.dumps(MAIN, sort_keys=True)]
 
 
 @pytest.fixture
@@ -36,10 +48,10 @@ def registry(tmp_path):
     for (method, dataset, seed), (base, new) in b2n.items():
         _add_run(reg, method, "base_to_novel", dataset, 16, seed,
                  {"base": base, "new": new, "hm": 2 * base * new / (base + new), "train_seconds": 1.0})
-    # a failed run must not count, nor a run with other overrides be averaged in
+    # a failed run must not count, nor a differently configured run be averaged in
     _add_run(reg, "coop", "base_to_novel", "eurosat", 16, 4, {}, status="failed")
     _add_run(reg, "coop", "base_to_novel", "eurosat", 16, 1, {"base": 10.0, "new": 10.0, "hm": 10.0},
-             overrides={"train.epochs": 1})
+             config={"n_ctx": 16})
     for shots, values in ((1, (70.0, 72.0)), (4, (80.0, 84.0))):
         for seed, v in enumerate(values, start=1):
             _add_run(reg, "coop", "few_shot", "eurosat", shots, seed, {"top1": v})
@@ -49,11 +61,17 @@ def registry(tmp_path):
 
 def test_aggregate_mean_std_n_by_hand(registry):
     agg = compare.aggregate_runs(registry.list(protocol="base_to_novel"), ["base", "new", "hm"])
-    main = agg[agg["overrides"] == "{}"]
+    main = _main(agg)
     row = main[(main["method"] == "coop") & (main["dataset"] == "eurosat") & (main["metric"] == "base")].iloc[0]
     assert row["mean"] == pytest.approx(92.0)
     assert row["std"] == pytest.approx(statistics.stdev([90.0, 92.0, 94.0]))  # sample std over seeds
+    assert row["ci95"] == pytest.approx(sp.t.ppf(0.975, 2) * 2.0 / math.sqrt(3))  # Student t, 2 dof
     assert row["n"] == 3 and row["seeds"] == "1,2,3" and row["shots"] == 16
+    assert row["values"] == (90.0, 92.0, 94.0)  # per seed, in seed order
+    by_seed = dict(zip(row["seeds"].split(","), row["runs"].split(",")))
+    runs = registry.list(protocol="base_to_novel")
+    for seed, short in by_seed.items():  # runs listed in the same order as seeds
+        assert _main(runs[runs["short_hash"] == short])["seed"].iloc[0] == int(seed)
     new = main[(main["method"] == "coop") & (main["dataset"] == "eurosat") & (main["metric"] == "new")].iloc[0]
     assert new["mean"] == pytest.approx(55.0) and new["std"] == pytest.approx(5.0)
     hm = main[(main["method"] == "coop") & (main["dataset"] == "eurosat") & (main["metric"] == "hm")].iloc[0]
@@ -62,9 +80,9 @@ def test_aggregate_mean_std_n_by_hand(registry):
     toy = main[(main["method"] == "coop") & (main["dataset"] == "toy_objects") & (main["metric"] == "new")].iloc[0]
     assert toy["mean"] == pytest.approx(42.0) and toy["std"] == pytest.approx(math.sqrt(8.0)) and toy["n"] == 2
     zs = main[(main["method"] == "zeroshot") & (main["metric"] == "base")].iloc[0]
-    assert zs["n"] == 1 and np.isnan(zs["std"])  # one seed: no spread
+    assert zs["n"] == 1 and np.isnan(zs["std"]) and np.isnan(zs["ci95"])  # one seed: no spread
     # the differently configured run is its own group, the failed one is nowhere
-    other = agg[(agg["overrides"] != "{}") & (agg["metric"] == "base")]
+    other = agg[~agg.index.isin(main.index) & (agg["metric"] == "base")]
     assert len(other) == 1 and other["mean"].iloc[0] == 10.0 and other["n"].iloc[0] == 1
     assert agg["n"].sum() == 3 * (3 + 2 + 1 + 1)
 
@@ -106,13 +124,59 @@ def test_empty_and_unfinished_frames_give_empty_tables(tmp_path):
     assert compare.aggregate_runs(reg.list(), ["top1"]).empty
 
 
-def test_method_names_match_the_csvs():
+# methods no transcribed table prints: their paper_names are the usual names in the literature
+NOT_IN_THE_TABLES = {"ivlp": "IVLP", "tip_adapter": "Tip-Adapter-F"}
+
+
+def test_method_names_come_from_the_method_classes():
+    from workbench.methods import get_method_class, list_methods
+
     printed = set(load_paper_results()["method"])
-    for key, names in compare.PAPER_METHOD_NAMES.items():
-        assert names[0] in printed, f"{key}: {names[0]!r} is not a method name in the transcribed papers"
-        assert compare.method_key(names[0]) == key
+    names = compare.paper_method_names()
+    assert set(names) == set(list_methods())
+    seen = {}
+    for key in list_methods():
+        own = vars(get_method_class(key)).get("paper_names")
+        assert own, f"{key} declares no paper_names of its own"  # a subclass must not inherit its parent's
+        assert names[key] == tuple(own)
+        if key in NOT_IN_THE_TABLES:
+            assert own[0] == NOT_IN_THE_TABLES[key] and own[0] not in printed
+        else:
+            assert own[0] in printed, f"{key}: {own[0]!r} is not a method name in the transcribed papers"
+        for name in own:
+            assert seen.setdefault(name, key) == key, f"{name!r} is claimed by {seen[name]} and {key}"
+            assert compare.method_key(name) == key
     assert compare.paper_method_name("linear_probe") == "Linear probe CLIP"
+    assert compare.method_key("LP") == "linear_probe"  # RAda's tables
     assert compare.method_key("Zero Shot") == "zeroshot" and compare.method_key("MMA") is None
+    assert compare.paper_method_name("no_such_method") == "no_such_method"
+
+
+def test_importing_analysis_loads_neither_methods_nor_protocols():
+    code = ("import sys, workbench.analysis.compare, workbench.analysis.figures, workbench.analysis.stats; "
+            "print(sorted(m for m in ('torch', 'workbench.methods', 'workbench.protocols') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_default_metrics_are_the_protocols_declared_ones(tmp_path, monkeypatch):
+    """A protocol's ProtocolInfo decides which metric columns are aggregated (no copy in compare)."""
+    from workbench.protocols import PROTOCOLS
+
+    assert compare.protocol_metric_columns("base_to_novel", ["eurosat"]) == list(PROTOCOLS["base_to_novel"].metrics)
+    assert compare.protocol_metric_columns("cross_dataset", ["imagenet", "dtd"]) == ["imagenet", "dtd", "average"]
+    info = dataclasses.replace(PROTOCOLS["few_shot"], name="probe_only", metrics=("top5",))
+    monkeypatch.setitem(PROTOCOLS, "probe_only", info)
+    compare._protocol.cache_clear()
+    try:
+        reg = Registry(tmp_path / "runs")
+        for seed, (top1, top5) in enumerate(((60.0, 80.0), (64.0, 86.0)), start=1):
+            _add_run(reg, "coop", "probe_only", "eurosat", 4, seed, {"top1": top1, "top5": top5})
+        agg = compare.aggregate_runs(reg.list())
+        assert list(agg["metric"]) == ["top5"] and agg["mean"].iloc[0] == pytest.approx(83.0)
+        assert agg["std"].iloc[0] == pytest.approx(statistics.stdev([80.0, 86.0]))
+    finally:
+        compare._protocol.cache_clear()
 
 
 def test_join_with_mmrl_table1(registry):
@@ -123,7 +187,7 @@ def test_join_with_mmrl_table1(registry):
     assert printed["base"] == pytest.approx(92.19)  # as printed in the paper
 
     runs = registry.list(protocol="base_to_novel")
-    runs = runs[runs["overrides"] == "{}"]
+    runs = _main(runs)
     table = compare.ours_vs_paper(compare.aggregate_runs(runs, ["base", "new", "hm"]), paper)
     assert list(table.columns) == compare.TABLE_COLUMNS
     coop = table[(table["method"] == "coop") & (table["dataset"] == "eurosat")].set_index("metric")
@@ -143,7 +207,7 @@ def test_join_with_mmrl_table1(registry):
 def test_toy_datasets_have_nan_paper_values(registry):
     paper = compare.paper_rows("mmrl", "Table 1")
     runs = registry.list(protocol="base_to_novel")
-    table = compare.ours_vs_paper(compare.aggregate_runs(runs[runs["overrides"] == "{}"], ["base", "new", "hm"]),
+    table = compare.ours_vs_paper(compare.aggregate_runs(_main(runs), ["base", "new", "hm"]),
                                   paper)
     toy = table[table["dataset"] == "toy_objects"]
     assert len(toy) == 3 and toy["paper"].isna().all() and toy["diff"].isna().all()
@@ -156,6 +220,16 @@ def test_toy_datasets_have_nan_paper_values(registry):
     wide = compare.wide_table(table)
     toy_row = wide[(wide["method"] == "coop") & (wide["dataset"] == "toy_objects")].iloc[0]
     assert toy_row["hm paper"] == "—" and toy_row["hm Δ"] == "—" and toy_row["note"] == compare.NO_PAPER_TOY
+    # new on toy_objects over seeds 1, 2: 40 and 44 -> mean ± sample std, 95% CI = t(1 dof)·std/√2
+    half = sp.t.ppf(0.975, 1) * math.sqrt(8.0) / math.sqrt(2)
+    assert toy_row["new ours"] == "42.00 ± 2.83" and toy_row["new 95% CI"] == f"[{42 - half:.2f}, {42 + half:.2f}]"
+    zs_row = wide[(wide["method"] == "zeroshot") & (wide["dataset"] == "eurosat")].iloc[0]
+    assert zs_row["base ours"] == "56.00 (n=1)" and zs_row["base 95% CI"] == "—"
+    avg_row = wide[(wide["method"] == "coop") & (wide["dataset"] == "average")].iloc[0]
+    assert avg_row["base ours"] == "87.00"  # a mean over datasets: no seed spread of its own
+    coop = table[(table["method"] == "coop") & (table["dataset"] == "eurosat") & (table["metric"] == "new")].iloc[0]
+    assert coop["ours_values"] == (60.0, 50.0, 55.0) and coop["seeds"] == "1,2,3"
+    assert coop["ours_ci95"] == pytest.approx(sp.t.ppf(0.975, 2) * 5.0 / math.sqrt(3))
 
 
 def test_few_shot_join_matches_shots(registry):
@@ -173,7 +247,7 @@ def test_few_shot_join_matches_shots(registry):
 def test_paper_only_lists_methods_not_run(registry):
     paper = compare.paper_rows("mmrl", "Table 1")
     runs = registry.list(protocol="base_to_novel")
-    table = compare.ours_vs_paper(compare.aggregate_runs(runs[runs["overrides"] == "{}"]), paper, paper_only=True)
+    table = compare.ours_vs_paper(compare.aggregate_runs(_main(runs)), paper, paper_only=True)
     mmrl = table[(table["method"] == "mmrl") & (table["dataset"] == "eurosat")]
     assert len(mmrl) == 3 and mmrl["ours"].isna().all() and (mmrl["note"] == "not run").all()
     assert "MMA" not in set(table["paper_method"])  # no workbench counterpart
@@ -182,12 +256,18 @@ def test_paper_only_lists_methods_not_run(registry):
 def test_figures_and_summary(registry):
     paper = compare.paper_rows("mmrl", "Table 1")
     runs = registry.list(protocol="base_to_novel")
-    table = compare.ours_vs_paper(compare.aggregate_runs(runs[runs["overrides"] == "{}"]), paper)
+    table = compare.ours_vs_paper(compare.aggregate_runs(_main(runs)), paper)
     fig = compare.comparison_figure(table, "hm")
     ours_traces = [t for t in fig.data if t.name == "ours"]
     assert ours_traces and any("no paper value" in a.text for a in fig.layout.annotations)
     y = [v for t in ours_traces for v in t.y]
     assert set(np.round(y, 6)) == set(np.round(table[table["metric"] == "hm"]["ours"], 6))
+    # error bars are the 95% CI over seeds; none for a single seed
+    bars = compare.comparison_figure(table, "new")
+    eurosat = [t for t in bars.data if t.name == "ours" and "coop" in list(t.x) and "zeroshot" in list(t.x)][0]
+    err = dict(zip(eurosat.x, eurosat.error_y.array))
+    assert err["coop"] == pytest.approx(sp.t.ppf(0.975, 2) * 5.0 / math.sqrt(3)) and err["zeroshot"] is None
+    assert "95% CI" in bars.layout.legend.title.text
     few = compare.ours_vs_paper(compare.aggregate_runs(registry.list(protocol="few_shot")),
                                 compare.paper_rows("mmrl", ["Table 10", "Table 11"]))
     fig2 = compare.shots_figure(few)

@@ -2,11 +2,10 @@
 checked against values computed independently here."""
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sp
 
 from workbench.analysis import embeddings as emb
 from workbench.analysis import figures
@@ -154,16 +153,14 @@ def test_embedding_scatter_groups_and_classes():
 
 
 def test_stacked_embeddings_read_what_the_protocol_stored(tmp_path):
-    from workbench.protocols.base import save_embeddings
+    from workbench.runs.files import RunFiles
 
-    run = SimpleNamespace(dir=tmp_path)
+    files = RunFiles(tmp_path)  # what RunHandle.save_embeddings writes for the protocols
     rng = np.random.default_rng(4)
     for key, names in (("base", ["x", "y"]), ("new", ["z"])):
         n = 3 if key == "base" else 2
-        result = SimpleNamespace(labels=np.arange(n) % len(names), classnames=names,
-                                 extra={"image_embeddings": rng.normal(size=(n, 5)),
-                                        "class_embeddings": rng.normal(size=(len(names), 5))})
-        save_embeddings(run, key, result)
+        files.save_embeddings(key, rng.normal(size=(n, 5)), np.arange(n) % len(names), names,
+                              rng.normal(size=(len(names), 5)))
     assert emb.stored_keys(tmp_path) == ["base", "new"]
     pts = emb.stacked_embeddings(tmp_path, ["base", "new"])
     assert pts.image.shape == (5, 5)
@@ -190,5 +187,7 @@ def test_comparison_bar_shows_ours_beside_the_paper(tmp_path):
     fig = figures.comparison_bar(table, "base")
     ours = [t for t in fig.data if t.name == "ours"]
     paper = [t for t in fig.data if t.name == "paper"]
-    assert len(ours) == 1 and list(ours[0].y) == [92.0] and list(ours[0].error_y.array) == [np.std([90, 94], ddof=1)]
+    ci95 = sp.t.ppf(0.975, 1) * np.std([90, 94], ddof=1) / np.sqrt(2)  # error bars: 95% CI over the 2 seeds
+    assert len(ours) == 1 and list(ours[0].y) == [92.0] and list(ours[0].error_y.array) == [pytest.approx(ci95)]
+    assert "92.00 ± 2.83, n=2" in ours[0].customdata[0][0]
     assert len(paper) == 1 and list(paper[0].y) == [92.19]  # MMRL Table 1: CoOp, EuroSAT, base

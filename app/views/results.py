@@ -1,6 +1,7 @@
-"""Results: our finished runs aggregated over seeds (mean ± std), beside the numbers the papers print.
+"""Results: our finished runs aggregated over seeds, beside the numbers the papers print.
 
-Aggregation and the join with the papers are `workbench.analysis.compare`'s (the notebooks use the same).
+The statistic is `workbench.analysis.stats`' (mean ± sample std, a 95% Student-t CI, n, per-seed values);
+aggregation and the join with the papers are `workbench.analysis.compare`'s (the notebooks use the same).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import streamlit as st
 
 import appcore
 from workbench.analysis import compare, figures
+from workbench.analysis.stats import format_ci, format_summary, format_values
 from workbench.data.paper_results import PAPERS
 
 st.title("Results")
@@ -20,7 +22,7 @@ done = runs[runs["status"] == "done"]
 
 if done.empty:
     st.info("No finished runs yet" + (f" ({len(runs)} run(s) not done)" if len(runs) else "") +
-            ". Results appear here once runs are done; each cell is the mean ± std over seeds.")
+            ". Results appear here once runs are done; each cell is the mean ± sample std over seeds.")
     st.stop()
 
 ours = compare.aggregate_runs(done)
@@ -47,18 +49,42 @@ def config_label(row) -> str:
 ours = ours.assign(config=[config_label(r) for _, r in ours.iterrows()])
 
 st.subheader("Ours (mean ± std over seeds)")
+st.caption("± is the sample standard deviation over seeds (n − 1); one seed shows “(n=1)”. The 95% confidence "
+           "interval of the mean (Student t, n − 1 degrees of freedom) and every seed's value, with a link to its "
+           "run, are in the other tabs; error bars in the charts are that 95% CI.")
 methods = sorted(ours["method"].unique())
 chosen_methods = st.multiselect("Methods", methods, default=methods, key="r_methods")
 view = ours[ours["method"].isin(chosen_methods)]
 for protocol, part in view.groupby("protocol", sort=True):
+    summaries = [compare.table_summary(r, prefix="") for _, r in part.iterrows()]
     part = part.assign(column=part["dataset"] + " · " + part["metric"],
-                       shown=[appcore.format_mean_std(m, s) for m, s in zip(part["mean"], part["std"])])
+                       shown=[format_summary(s) for s in summaries])
     pivot = part.pivot_table(index="config", columns="column", values="shown", aggfunc="first", sort=False)
     pivot = pivot.join(part.groupby("config", sort=False)["n"].max().rename("seeds"))
     st.markdown(f"**{protocol}**")
-    st.dataframe(pivot.reset_index().rename(columns={"config": "method · shots · backbone"}), hide_index=True,
-                 width="stretch", key=f"ours_{protocol}")
-st.download_button("Download (CSV)", view.drop(columns=["config"]).to_csv(index=False),
+    t_mean, t_stats, t_seeds = st.tabs(["mean ± std", "mean, std, 95% CI, n", "per seed"])
+    with t_mean:
+        st.dataframe(pivot.reset_index().rename(columns={"config": "method · shots · backbone"}), hide_index=True,
+                     width="stretch", key=f"ours_{protocol}")
+    with t_stats:
+        st.dataframe(pd.DataFrame({
+            "method · shots · backbone": part["config"], "dataset": part["dataset"], "metric": part["metric"],
+            "mean": part["mean"], "std": part["std"], "95% CI ±": part["ci95"],
+            "95% CI": [format_ci(s) for s in summaries], "n": part["n"], "seeds": part["seeds"],
+            "values": [format_values(s.values) for s in summaries]}), hide_index=True, width="stretch",
+            key=f"stats_{protocol}", column_config={
+                c: st.column_config.NumberColumn(c, format="%.2f") for c in ("mean", "std", "95% CI ±")})
+    with t_seeds:
+        per_seed = [{"method · shots · backbone": r["config"], "dataset": r["dataset"], "metric": r["metric"],
+                     "seed": int(seed), "value": value, "run": f"run?run={short}"}
+                    for _, r in part.iterrows()
+                    for seed, value, short in zip(str(r["seeds"]).split(","), r["values"], str(r["runs"]).split(","))]
+        st.dataframe(pd.DataFrame(per_seed), hide_index=True, width="stretch", key=f"seeds_{protocol}",
+                     column_config={"value": st.column_config.NumberColumn("value", format="%.2f"),
+                                    "run": st.column_config.LinkColumn("run", display_text="open ↗",
+                                                                       help="open the run detail page")})
+st.download_button("Download (CSV)", view.drop(columns=["config"]).assign(values=view["values"].map(format_values))
+                   .to_csv(index=False),
                    file_name="workbench_results.csv", mime="text/csv", key="r_download")
 
 st.subheader("Beside the papers")
@@ -91,7 +117,8 @@ else:
         "paper": matched["source"], "table": matched["paper_table"], "protocol": matched["protocol"],
         "method": matched["method"], "as printed": matched["paper_method"], "dataset": matched["dataset"],
         "shots": matched["shots"], "metric": matched["metric"],
-        "ours": [appcore.format_mean_std(m, s) for m, s in zip(matched["ours"], matched["ours_std"])],
+        "ours": [format_summary(compare.table_summary(r)) for _, r in matched.iterrows()],
+        "95% CI": [format_ci(compare.table_summary(r)) for _, r in matched.iterrows()],
         "seeds": matched["n"], "paper value": matched["paper"], "difference": matched["diff"],
     })
     st.dataframe(table, hide_index=True, width="stretch", key="r_compare",
@@ -104,8 +131,11 @@ else:
     sel = compared[(compared["source"] == chart_paper) & (compared["protocol"] == chart_protocol)]
     st.plotly_chart(figures.comparison_bar(sel.dropna(subset=["paper"]),
                                            title=f"Ours vs {chart_paper} · {chart_protocol}"), key="r_bar")
+    st.caption("Error bars: 95% CI of our mean over seeds (none for a single seed).")
 unmatched = compared[compared["paper"].isna() & compared["ours"].notna()]
 if len(unmatched):
     with st.expander(f"Our results without a paper value ({len(unmatched)})"):
-        st.dataframe(unmatched[["source", "protocol", "method", "dataset", "shots", "metric", "ours", "note"]]
-                     .rename(columns={"source": "paper"}), hide_index=True, width="stretch", key="r_unmatched")
+        shown = unmatched.assign(ours=[format_summary(compare.table_summary(r)) for _, r in unmatched.iterrows()])
+        st.dataframe(shown[["source", "protocol", "method", "dataset", "shots", "metric", "ours", "n", "note"]]
+                     .rename(columns={"source": "paper", "n": "seeds"}), hide_index=True, width="stretch",
+                     key="r_unmatched")

@@ -1,57 +1,95 @@
 """Our numbers beside the papers': aggregation over seeds, the join with the transcribed tables, a figure.
 
     runs = registry.list(hash=hashes)                       # Registry.list() rows
-    ours = aggregate_runs(runs, ["base", "new", "hm"])      # mean/std/n over seeds
+    ours = aggregate_runs(runs, ["base", "new", "hm"])      # mean/std/ci95/n/values over seeds
     paper = paper_rows("mmrl", "Table 1")                   # transcribed cells (data_manifests)
     table = ours_vs_paper(ours, paper)                      # ours, paper, diff = ours - paper
     comparison_figure(table)                                # grouped bars, ours vs paper
 
-Method names differ between the workbench (registry keys: ``coop``) and the papers (``CoOp``);
-`PAPER_METHOD_NAMES` maps them. Toy datasets (and anything else a paper does not print) have no paper
-value: ``paper`` and ``diff`` are NaN and ``note`` says why.
+The statistic over seeds is `workbench.analysis.stats`' (mean, sample std, 95% CI, n, per-seed values).
+Method names differ between the workbench (registry keys: ``coop``) and the papers (``CoOp``): each
+method class declares its `paper_names`. The metric columns a protocol writes come from its
+`ProtocolInfo` (`workbench.protocols.PROTOCOLS`). Toy datasets (and anything else a paper does not
+print) have no paper value: ``paper`` and ``diff`` are NaN and ``note`` says why.
 """
 from __future__ import annotations
 
+import functools
+import json
 from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-# workbench method key -> the names the transcribed papers use (first = the usual one)
-PAPER_METHOD_NAMES: dict[str, tuple[str, ...]] = {
-    "zeroshot": ("CLIP", "Zero Shot"),
-    "coop": ("CoOp",),
-    "cocoop": ("CoCoOp",),
-    "kgcoop": ("KgCoOp",),
-    "prograd": ("ProGrad",),
-    "maple": ("MaPLe",),
-    "promptsrc": ("PromptSRC",),
-    "clip_lora": ("CLIP-LoRA",),
-    "clip_adapter": ("CLIP-Adapter",),
-    "linear_probe": ("Linear probe CLIP", "LP"),
-    "mmrl": ("MMRL",),
-}
-PAPER_TO_METHOD: dict[str, str] = {p: m for m, names in PAPER_METHOD_NAMES.items() for p in names}
+from workbench.analysis.stats import NO_VALUE, SeedSummary, format_ci, format_summary, seed_summary
 
-# metric columns each protocol writes (workbench/protocols/standard.py)
-PROTOCOL_METRICS = {"base_to_novel": ("base", "new", "hm"), "few_shot": ("top1",)}
 METRIC_ORDER = ("base", "new", "hm", "top1")
-# what makes two runs "the same experiment but for the seed"
+# what makes two runs "the same experiment but for the seed" (columns of Registry.list())
 GROUP_COLUMNS = ["protocol", "method", "dataset", "shots", "backbone", "pretrained", "method_config", "overrides"]
-AGG_COLUMNS = GROUP_COLUMNS + ["metric", "mean", "std", "n", "seeds", "runs"]
-TABLE_COLUMNS = ["protocol", "method", "paper_method", "dataset", "shots", "metric", "ours", "ours_std", "n",
-                 "paper", "diff", "note", "paper_table"]
+AGG_COLUMNS = GROUP_COLUMNS + ["metric", "mean", "std", "ci95", "n", "seeds", "values", "runs"]
+TABLE_COLUMNS = ["protocol", "method", "paper_method", "dataset", "shots", "metric", "ours", "ours_std",
+                 "ours_ci95", "n", "seeds", "ours_values", "paper", "diff", "note", "paper_table"]
 NO_PAPER_TOY = "toy dataset: no paper value"
+
+
+@functools.lru_cache(maxsize=1)
+def paper_method_names() -> dict[str, tuple[str, ...]]:
+    """workbench method key -> the names the transcribed papers use (first = the usual one), from each
+    method class's own `paper_names` (the key itself when a class declares none)."""
+    from workbench.methods import get_method_class, list_methods
+
+    out = {}
+    for key in list_methods():
+        names = tuple(vars(get_method_class(key)).get("paper_names") or ())  # not inherited from a parent
+        out[key] = names or (key,)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _paper_to_method() -> dict[str, str]:
+    return {p: m for m, names in paper_method_names().items() for p in names}
+
+
+def __getattr__(name: str):  # the former constant tables, now read from the method classes
+    if name == "PAPER_METHOD_NAMES":
+        return paper_method_names()
+    if name == "PAPER_TO_METHOD":
+        return _paper_to_method()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def paper_method_name(method: str) -> str:
     """The paper's usual name for a workbench method key (the key itself when unmapped)."""
-    return PAPER_METHOD_NAMES.get(method, (method,))[0]
+    return paper_method_names().get(method, (method,))[0]
 
 
 def method_key(paper_name: str) -> str | None:
     """The workbench key for a paper's method name (None when the workbench has no counterpart)."""
-    return PAPER_TO_METHOD.get(paper_name)
+    return _paper_to_method().get(paper_name)
+
+
+@functools.lru_cache(maxsize=None)
+def _protocol(name: str):
+    """The protocol's `ProtocolInfo` (None when not registered)."""
+    from workbench.protocols import PROTOCOLS
+
+    return PROTOCOLS.get(name)
+
+
+def protocol_metric_columns(protocol: str, datasets: Sequence[str]) -> list[str]:
+    """The metric columns a run of `protocol` over `datasets` writes: the protocol's `metrics`, plus one
+    top-1 column per dataset when it declares `per_dataset_metrics` (the datasets first). Unregistered
+    protocols: the datasets, then "average"."""
+    info = _protocol(protocol)
+    if info is None:
+        return list(datasets) + ["average"]
+    return (list(datasets) if info.per_dataset_metrics else []) + list(info.metrics)
+
+
+def _averaged_over_datasets(protocol: str) -> bool:
+    """Protocols whose per-dataset results `add_average` averages (not those that average themselves)."""
+    info = _protocol(protocol)
+    return info is not None and not info.per_dataset_metrics
 
 
 def is_toy_dataset(name: str) -> bool:
@@ -67,6 +105,17 @@ def is_toy_dataset(name: str) -> bool:
 # ------------------------------------------------------------------------------------------------
 # aggregation over seeds
 # ------------------------------------------------------------------------------------------------
+def _group_value(row: pd.Series, col: str):
+    """A run's value of grouping column `col`, hashable: dicts/lists as sorted JSON, "" for a missing
+    pretrained tag, "{}" for a missing config."""
+    value = row.get(col)
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True)
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return "" if col == "pretrained" else "{}" if col.endswith(("config", "overrides", "settings")) else value
+    return value
+
+
 def _long_metrics(df: pd.DataFrame, metrics: Sequence[str] | None) -> pd.DataFrame:
     """One row per (run, dataset, metric).
 
@@ -78,11 +127,10 @@ def _long_metrics(df: pd.DataFrame, metrics: Sequence[str] | None) -> pd.DataFra
     for _, row in df.iterrows():
         datasets = str(row["datasets"]).split(",")
         if metrics is None:
-            cols = [c for c in PROTOCOL_METRICS.get(row["protocol"], ()) if c in df.columns]
-            if row["protocol"] not in PROTOCOL_METRICS:  # transfer protocols: one column per dataset
-                cols = [c for c in datasets + ["average"] if c in df.columns]
+            cols = [c for c in protocol_metric_columns(row["protocol"], datasets) if c in df.columns]
         else:
             cols = list(metrics)
+        group = {c: _group_value(row, c) for c in GROUP_COLUMNS if c != "dataset"}
         for col in cols:
             if col not in df.columns:
                 raise KeyError(f"no metric column {col!r}; run columns: {list(df.columns)}")
@@ -93,28 +141,25 @@ def _long_metrics(df: pd.DataFrame, metrics: Sequence[str] | None) -> pd.DataFra
                 dataset, metric = col, "top1"
             else:
                 dataset, metric = row["source"], col
-            records.append({
-                "protocol": row["protocol"], "method": row["method"], "dataset": dataset,
-                "shots": row["shots"], "backbone": row["backbone"],
-                "pretrained": "" if row["pretrained"] is None or pd.isna(row["pretrained"]) else row["pretrained"],
-                "method_config": row.get("method_config", "{}"), "overrides": row.get("overrides", "{}"),
-                "metric": metric, "value": float(value), "seed": row["seed"], "run": row["short_hash"],
-            })
+            records.append({**group, "dataset": dataset, "metric": metric, "value": float(value),
+                            "seed": row["seed"], "run": row["short_hash"]})
     return pd.DataFrame.from_records(records, columns=GROUP_COLUMNS + ["metric", "value", "seed", "run"])
 
 
 def aggregate_runs(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
-    """Mean, std and count over seeds of the finished runs in `df` (a `Registry.list()` frame).
+    """The statistic over seeds (`workbench.analysis.stats.seed_summary`) of the finished runs in `df`
+    (a `Registry.list()` frame).
 
-    Only runs with status "done" count. Runs are grouped by method x dataset x shots x protocol (and by
-    backbone, pretrained tag, method config and overrides, so differently configured runs are never
+    Only runs with status "done" count. Runs are grouped by `GROUP_COLUMNS` (method x dataset x shots x
+    protocol, and backbone, pretrained tag and configuration, so differently configured runs are never
     averaged together). `metrics`: the metric columns to aggregate (e.g. ``["base", "new", "hm"]``);
-    None = the protocol's own (base/new/hm, top1, or one column per target dataset for
-    cross-dataset/domain generalization). A metric column named after a dataset of the run becomes
-    metric "top1" of that dataset.
+    None = the protocol's own (its `ProtocolInfo.metrics`, plus one column per dataset for protocols
+    with `per_dataset_metrics`). A metric column named after a dataset of the run becomes metric "top1"
+    of that dataset.
 
-    Returns a long frame with columns `AGG_COLUMNS`: ..., metric, mean, std (sample std, ddof=1: NaN
-    for a single seed), n (seeds), seeds ("1,2,3") and runs (short hashes).
+    Returns a long frame with columns `AGG_COLUMNS`: ..., metric, mean, std (sample std, ddof=1; NaN
+    for a single seed), ci95 (half-width of the 95% Student-t CI; NaN for a single seed), n (seeds),
+    seeds ("1,2,3"), values (the per-seed values, a tuple in seed order) and runs (short hashes, same order).
     """
     if df is None or df.empty:
         return pd.DataFrame(columns=AGG_COLUMNS)
@@ -124,10 +169,14 @@ def aggregate_runs(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd
     if long.empty:
         return pd.DataFrame(columns=AGG_COLUMNS)
     long["shots"] = pd.to_numeric(long["shots"], errors="coerce").fillna(-1).astype(int)  # groupby drops NaN
-    out = long.groupby(GROUP_COLUMNS + ["metric"], sort=False, dropna=False).agg(
-        mean=("value", "mean"), std=("value", "std"), n=("value", "size"),
-        seeds=("seed", lambda s: ",".join(str(int(v)) for v in sorted(s))),
-        runs=("run", lambda s: ",".join(s))).reset_index()
+    long = long.sort_values("seed", kind="stable")  # seeds, values and runs listed in seed order
+    rows = []
+    for key, grp in long.groupby(GROUP_COLUMNS + ["metric"], sort=False, dropna=False):
+        s = seed_summary(grp["value"])
+        rows.append({**dict(zip(GROUP_COLUMNS + ["metric"], key)), "mean": s.mean, "std": s.std,
+                     "ci95": s.ci95, "n": s.n, "seeds": ",".join(str(int(v)) for v in grp["seed"]),
+                     "values": s.values, "runs": ",".join(grp["run"])})
+    out = pd.DataFrame.from_records(rows, columns=AGG_COLUMNS)
     out["shots"] = out["shots"].astype("Int64").where(out["shots"] >= 0)
     out["_m"] = out["metric"].map({m: i for i, m in enumerate(METRIC_ORDER)}).fillna(len(METRIC_ORDER))
     out = out.sort_values(["protocol", "method", "dataset", "shots", "_m"], kind="stable")
@@ -144,7 +193,8 @@ def add_average(ours: pd.DataFrame, name: str = "average") -> pd.DataFrame:
         return ours
     keys = [c for c in GROUP_COLUMNS if c != "dataset"]
     rows = []
-    per_dataset = ours[(ours["dataset"] != name) & ours["protocol"].isin(list(PROTOCOL_METRICS))]
+    averaged = [p for p in ours["protocol"].unique() if _averaged_over_datasets(p)]
+    per_dataset = ours[(ours["dataset"] != name) & ours["protocol"].isin(averaged)]
     for key, grp in per_dataset.groupby(keys, sort=False, dropna=False):
         datasets = grp["dataset"].unique()
         if len(datasets) < 2:
@@ -160,8 +210,8 @@ def add_average(ours: pd.DataFrame, name: str = "average") -> pd.DataFrame:
             means["hm"] = 0.0 if b + n == 0 else 2 * b * n / (b + n)
         for metric, value in means.items():
             rows.append({**base, "dataset": name, "metric": metric, "mean": value, "std": np.nan,
-                         "n": int(grp[grp["metric"] == metric]["n"].min()),
-                         "seeds": "", "runs": f"mean over {len(datasets)} datasets"})
+                         "ci95": np.nan, "n": int(grp[grp["metric"] == metric]["n"].min()),
+                         "seeds": "", "values": (), "runs": f"mean over {len(datasets)} datasets"})
     if not rows:
         return ours
     out = pd.concat([ours, pd.DataFrame.from_records(rows, columns=ours.columns)], ignore_index=True)
@@ -207,7 +257,7 @@ def ours_vs_paper(ours: pd.DataFrame, paper: pd.DataFrame, *, average: bool = Tr
                   paper_only: bool = False, setting: str | None = None) -> pd.DataFrame:
     """Our aggregated numbers (`aggregate_runs`) joined with the paper's cells (`paper_rows`).
 
-    Rows are matched on method (via `PAPER_METHOD_NAMES`), dataset, metric and shots; zero-shot rows
+    Rows are matched on method (via the methods' `paper_names`), dataset, metric and shots; zero-shot rows
     (the paper's `CLIP`, printed with 0 shots) match whatever shot count our zero-shot run used, and a
     paper cell with no stated shot count matches any. When several cells match, a main-row cell (empty
     `setting`) wins, else the first printed one; `setting` as a string keeps only the paper rows of that
@@ -217,8 +267,9 @@ def ours_vs_paper(ours: pd.DataFrame, paper: pd.DataFrame, *, average: bool = Tr
     is only filled in when we ran every dataset the paper averages; otherwise it is NaN with a note).
     paper_only: also list paper cells of mapped methods we did not run (ours NaN).
 
-    Columns `TABLE_COLUMNS`: ours (mean over seeds), ours_std, n (seeds), paper, diff = ours − paper,
-    note (why a value is missing), paper_table.
+    Columns `TABLE_COLUMNS`: ours (mean over seeds), ours_std (sample std), ours_ci95 (95% CI
+    half-width), n, seeds, ours_values (per-seed values), paper, diff = ours − paper, note (why a value
+    is missing), paper_table.
     """
     if setting is not None:
         paper = paper[paper["setting"].fillna("") == setting]
@@ -260,7 +311,9 @@ def ours_vs_paper(ours: pd.DataFrame, paper: pd.DataFrame, *, average: bool = Tr
                 note = "no paper value for this dataset/metric"
         rows.append({"protocol": r["protocol"], "method": r["method"], "paper_method": pname,
                      "dataset": r["dataset"], "shots": shots, "metric": r["metric"], "ours": r["mean"],
-                     "ours_std": r["std"], "n": r["n"], "paper": value, "note": note, "paper_table": table})
+                     "ours_std": r["std"], "ours_ci95": r.get("ci95", np.nan), "n": r["n"],
+                     "seeds": r.get("seeds", ""), "ours_values": tuple(r.get("values", ()) or ()),
+                     "paper": value, "note": note, "paper_table": table})
     if paper_only:
         have = {(row["method"], row["dataset"], row["metric"], row["shots"]) for row in rows}
         protocol = ours["protocol"].iloc[0] if len(ours) and ours["protocol"].nunique() == 1 else ""
@@ -271,11 +324,13 @@ def ours_vs_paper(ours: pd.DataFrame, paper: pd.DataFrame, *, average: bool = Tr
                 if (m, d, met, shots) in have:
                     continue
                 rows.append({"protocol": protocol, "method": m, "paper_method": pname, "dataset": d,
-                             "shots": shots, "metric": met, "ours": np.nan, "ours_std": np.nan, "n": 0,
+                             "shots": shots, "metric": met, "ours": np.nan, "ours_std": np.nan,
+                             "ours_ci95": np.nan, "n": 0, "seeds": "", "ours_values": (),
                              "paper": value, "note": "not run", "paper_table": table})
     out = pd.DataFrame.from_records(rows, columns=[c for c in TABLE_COLUMNS if c != "diff"])
     out["ours"] = pd.to_numeric(out["ours"], errors="coerce").astype(float)
     out["ours_std"] = pd.to_numeric(out["ours_std"], errors="coerce").astype(float)
+    out["ours_ci95"] = pd.to_numeric(out["ours_ci95"], errors="coerce").astype(float)
     out["paper"] = pd.to_numeric(out["paper"], errors="coerce").astype(float)
     out["shots"] = pd.array([None if pd.isna(s) else int(s) for s in out["shots"]], dtype="Int64")
     out["n"] = out["n"].astype(int)
@@ -283,12 +338,22 @@ def ours_vs_paper(ours: pd.DataFrame, paper: pd.DataFrame, *, average: bool = Tr
     return out[TABLE_COLUMNS]
 
 
+def table_summary(row, prefix: str = "ours") -> SeedSummary:
+    """The `SeedSummary` of one `ours_vs_paper` row (`prefix` "ours") or `aggregate_runs` row ("")."""
+    col = (lambda k: f"{prefix}_{k}") if prefix else (lambda k: k)
+    mean = row[prefix] if prefix else row["mean"]
+    values = row.get(col("values"), ())
+    return SeedSummary(float(mean), float(row[col("std")]), float(row.get(col("ci95"), np.nan)),
+                       int(row["n"]), tuple(values) if isinstance(values, (tuple, list)) else ())
+
+
 def wide_table(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     """`ours_vs_paper` as one row per method x shots x dataset and, per metric, the columns
-    "<metric> ours" (mean ± std), "<metric> paper" and "<metric> Δ" as display strings ("—" = none)."""
+    "<metric> ours" (`format_summary`: mean ± sample std), "<metric> 95% CI", "<metric> paper" and
+    "<metric> Δ" as display strings ("—" = none)."""
     def fmt(v, signed=False):
         if pd.isna(v):
-            return "—"
+            return NO_VALUE
         return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
 
     rows = {}
@@ -297,15 +362,15 @@ def wide_table(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     for _, r in table.iterrows():
         key = (r["method"], "" if pd.isna(r["shots"]) else int(r["shots"]), r["dataset"])
         row = rows.setdefault(key, {"method": r["method"], "shots": key[1], "dataset": r["dataset"]})
-        ours = fmt(r["ours"])
-        if not pd.isna(r["ours_std"]):
-            ours += f" ± {r['ours_std']:.{digits}f}"
-        row[f"{r['metric']} ours"] = ours
+        summary = table_summary(r)
+        row[f"{r['metric']} ours"] = format_summary(summary, digits)
+        row[f"{r['metric']} 95% CI"] = format_ci(summary, digits)
         row[f"{r['metric']} paper"] = fmt(r["paper"])
         row[f"{r['metric']} Δ"] = fmt(r["diff"], signed=True)
         if r["note"]:
             row["note"] = r["note"]
-    cols = ["method", "shots", "dataset"] + [f"{m} {k}" for m in metrics for k in ("ours", "paper", "Δ")] + ["note"]
+    cols = ["method", "shots", "dataset"] + [f"{m} {k}" for m in metrics
+                                             for k in ("ours", "95% CI", "paper", "Δ")] + ["note"]
     out = pd.DataFrame(list(rows.values()))
     for c in cols:
         if c not in out.columns:
@@ -317,11 +382,27 @@ def wide_table(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
 # figures
 # ------------------------------------------------------------------------------------------------
 OURS_COLOR, PAPER_COLOR = "#1f77b4", "#ff7f0e"
+ERROR_BARS = "error bars: 95% CI over seeds (none for one seed)"
+
+
+def error_bars(table: pd.DataFrame) -> list:
+    """Error-bar half-widths of `ours` rows: the 95% CI (`ours_ci95`); None (no bar) below 2 seeds."""
+    ci = table["ours_ci95"] if "ours_ci95" in table.columns else pd.Series(np.nan, index=table.index)
+    return [None if pd.isna(c) or n < 2 else float(c) for c, n in zip(ci, table["n"])]
+
+
+def _hover_text(table: pd.DataFrame) -> list[str]:
+    out = []
+    for _, r in table.iterrows():
+        s = table_summary(r)
+        ci = format_ci(s)
+        out.append(f"{format_summary(s)}, n={s.n}" + ("" if ci == NO_VALUE else f", 95% CI {ci}"))
+    return out
 
 
 def comparison_figure(table: pd.DataFrame, metric: str | Sequence[str] | None = None, *,
                       title: str | None = "Ours vs paper"):
-    """Grouped bars per method: ours (mean, error bar = std over seeds) beside the paper's value, one
+    """Grouped bars per method: ours (mean, error bar = 95% CI over seeds) beside the paper's value, one
     panel per dataset (columns) and per metric / shot count (rows). Missing paper values (toy datasets)
     leave the bar out and are listed in the panel title ("no paper value")."""
     import plotly.graph_objects as go
@@ -363,23 +444,24 @@ def comparison_figure(table: pd.DataFrame, metric: str | Sequence[str] | None = 
             first = i == 1 and j == 1
             fig.add_trace(go.Bar(
                 x=cell["method"], y=cell["ours"], name="ours", marker_color=OURS_COLOR, showlegend=first,
-                legendgroup="ours", error_y=dict(type="data", array=cell["ours_std"].fillna(0).to_numpy()),
-                customdata=np.stack([cell["n"].to_numpy()], axis=-1),
-                hovertemplate="%{x}<br>ours %{y:.2f} (n=%{customdata[0]})<extra></extra>"), row=i, col=j)
+                legendgroup="ours", error_y=dict(type="data", array=error_bars(cell)),
+                customdata=np.stack([_hover_text(cell)], axis=-1),
+                hovertemplate="%{x}<br>ours %{customdata[0]}<extra></extra>"), row=i, col=j)
             fig.add_trace(go.Bar(
                 x=cell["method"], y=cell["paper"], name="paper", marker_color=PAPER_COLOR, showlegend=first,
                 legendgroup="paper", text=cell["paper_method"],
                 hovertemplate="%{x}<br>paper %{y:.2f} (%{text})<extra></extra>"), row=i, col=j)
     fig.update_layout(barmode="group", template="plotly_white", title=title,
                       height=max(320, 260 * len(rows_keys)), width=max(600, 330 * len(datasets)),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.04, xanchor="left", x=0))
+                      legend=dict(orientation="h", yanchor="bottom", y=1.04, xanchor="left", x=0,
+                                  title_text=ERROR_BARS))
     fig.update_yaxes(title_text="accuracy (%)", col=1)
     return fig
 
 
 def shots_figure(table: pd.DataFrame, metric: str = "top1", *, title: str | None = "Accuracy vs shots"):
-    """Few-shot curves: accuracy against shots per method, ours solid (± std) and the paper dashed, one
-    panel per dataset."""
+    """Few-shot curves: accuracy against shots per method, ours solid (error bars: 95% CI over seeds) and
+    the paper dashed, one panel per dataset."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -399,7 +481,9 @@ def shots_figure(table: pd.DataFrame, metric: str = "top1", *, title: str | None
             if cell["ours"].notna().any():
                 fig.add_trace(go.Scatter(x=x, y=cell["ours"], mode="lines+markers", name=f"{m} (ours)",
                                          legendgroup=f"{m}-ours", showlegend=j == 1, line=dict(color=color),
-                                         error_y=dict(type="data", array=cell["ours_std"].fillna(0).to_numpy())),
+                                         error_y=dict(type="data", array=error_bars(cell)),
+                                         text=_hover_text(cell),
+                                         hovertemplate=f"{m}, %{{x}} shots<br>ours %{{text}}<extra></extra>"),
                               row=1, col=j)
             if cell["paper"].notna().any():
                 fig.add_trace(go.Scatter(x=x, y=cell["paper"], mode="lines+markers", name=f"{m} (paper)",
@@ -414,7 +498,8 @@ def shots_figure(table: pd.DataFrame, metric: str = "top1", *, title: str | None
                                      showlegend=j == 1, line=dict(color="#555555", dash="dot")), row=1, col=j)
     fig.update_xaxes(type="log", tickvals=sorted({int(s) for s in data["shots"]}) or None, title_text="shots")
     fig.update_yaxes(title_text=f"{metric} (%)", col=1)
-    fig.update_layout(template="plotly_white", title=title, height=380, width=max(600, 360 * len(datasets)))
+    fig.update_layout(template="plotly_white", title=title, height=380, width=max(600, 360 * len(datasets)),
+                      legend_title_text=ERROR_BARS)
     return fig
 
 

@@ -10,7 +10,8 @@ and `workbench.protocols.base.load_embeddings` return) and returns a `plotly.gra
     confusion_heatmap(labels, preds, classnames)              counts (or row %) with class names
     comparison_bar(ours_vs_paper(aggregate_runs(df), paper_rows("mmrl")))   ours vs the paper
 
-Aggregation over seeds and the join with the papers' tables are in `workbench.analysis.compare`.
+Aggregation over seeds and the join with the papers' tables are in `workbench.analysis.compare`; the
+statistic over seeds (mean, sample std, 95% CI) in `workbench.analysis.stats`.
 """
 from __future__ import annotations
 
@@ -230,8 +231,9 @@ def confusion_heatmap(labels, preds, classnames: Sequence[str] | None = None, *,
 # ------------------------------------------------------------------------------------------------
 def comparison_bar(table: pd.DataFrame, metric: str | Sequence[str] | None = None, *,
                    title: str | None = "Ours vs paper") -> go.Figure:
-    """Grouped bars, ours (mean ± std over seeds) beside the paper, from a
-    `workbench.analysis.compare.ours_vs_paper` table (the aggregation and the join live there)."""
+    """Grouped bars, ours (mean over seeds, error bars = 95% CI, none for one seed; hover: mean ± std, n,
+    CI) beside the paper, from a `workbench.analysis.compare.ours_vs_paper` table (the aggregation, the
+    statistic (`workbench.analysis.stats`) and the join live there)."""
     from workbench.analysis.compare import comparison_figure
 
     return comparison_figure(table, metric, title=title)

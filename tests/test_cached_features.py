@@ -27,7 +27,7 @@ def test_evaluation_on_cached_features_equals_scoring_the_images(tiny_backbone, 
     try:
         with torch.no_grad():
             method.context.ctx.add_(0.1 * torch.randn_like(method.context.ctx))
-        assert method.reads_cached_features()
+        assert method.evaluates_on_cached_features()
         result = evaluate(method, color_dataset, progress=False, cache=FeatureCache(tmp_path))
         loader = DataLoader(ImageDataset(color_dataset.test, color_dataset.image_root,
                                          eval_transform(tiny_backbone.image_size, tiny_backbone.mean, tiny_backbone.std)),
@@ -48,7 +48,7 @@ def test_training_on_one_cached_view_equals_training_on_images(tiny_backbone, co
         torch.manual_seed(0)
         method = _coop(tiny_backbone, color_dataset)
         cfg = TrainConfig.from_dict({**DETERMINISTIC, "cached_features": cached, "feature_views": 1})
-        assert method.reads_cached_features(cfg) is cached
+        assert method.trains_on_cached_features(cfg) is cached
         fit(method, color_dataset, cfg, seed=3, progress=False, cache=FeatureCache(tmp_path))
         learned[cached] = method.context.ctx.detach().clone()
     tiny_backbone.clear_extensions()
@@ -83,5 +83,32 @@ def test_cached_features_come_from_the_frozen_tower(tiny_backbone, color_dataset
             assert not torch.allclose(tiny_backbone.encode_image(images), plain.features[0], atol=1e-3)
         again = encode_images(tiny_backbone, color_dataset.test, color_dataset.image_root, transform, progress=False)
         assert torch.allclose(again.features, plain.features, atol=1e-6)
+    finally:
+        tiny_backbone.clear_extensions()
+
+
+def test_a_vision_extension_turns_cached_features_off_and_is_evaluated(tiny_backbone, color_dataset, tmp_path):
+    """A method that declares a frozen tower (CoOp) but attaches a vision adapter must be scored through
+    the adapted tower: cached features of the pretrained tower would silently drop the adapter."""
+
+    class Shift(torch.nn.Module):
+        def forward(self, h):
+            return h + 0.5
+
+    tiny_backbone.clear_extensions()
+    method = _coop(tiny_backbone, color_dataset)
+    try:
+        plain = evaluate(method, color_dataset, progress=False, cache=FeatureCache(tmp_path))
+        tiny_backbone.visual.add_adapter(0, "pre_attn", Shift())
+        assert not tiny_backbone.image_tower_is_pretrained() and not method.evaluates_on_cached_features()
+        assert not method.trains_on_cached_features(TrainConfig(cached_features=True))
+        adapted = evaluate(method, color_dataset, progress=False, cache=FeatureCache(tmp_path))
+        loader = DataLoader(ImageDataset(color_dataset.test, color_dataset.image_root,
+                                         eval_transform(tiny_backbone.image_size, tiny_backbone.mean, tiny_backbone.std)),
+                            batch_size=64)
+        with torch.no_grad():
+            by_hand = torch.cat([method.eval_logits(images) for images, _, _ in loader])  # through the adapter
+        assert torch.allclose(torch.from_numpy(adapted.logits), by_hand, atol=1e-5)
+        assert not torch.allclose(torch.from_numpy(adapted.logits), torch.from_numpy(plain.logits), atol=1e-3)
     finally:
         tiny_backbone.clear_extensions()

@@ -82,6 +82,11 @@ class CLIPBackbone(nn.Module):
         finally:
             self.visual.extensions_enabled, self.text.extensions_enabled = previous
 
+    def image_tower_is_pretrained(self) -> bool:
+        """True when image features are exactly the pretrained tower's: nothing attached to the vision
+        tower and none of its weights trainable (so cached features of these weights stand in for it)."""
+        return not self.visual.has_extensions() and not any(p.requires_grad for p in self.clip.visual.parameters())
+
     def clear_extensions(self) -> None:
         self.visual.clear_extensions()
         self.text.clear_extensions()

@@ -174,6 +174,10 @@ class _Tower(nn.Module):
                     block.attn.in_proj_weight[index * self.width:(index + 1) * self.width] += delta
                 lora.merged = sign > 0
 
+    def has_extensions(self) -> bool:
+        """Whether anything is attached (an injection, an adapter, LoRA), enabled or not."""
+        return bool(len(self.injections)) or not all(ext.is_empty() for ext in self.extensions)
+
     def clear_extensions(self) -> None:
         if any(lora.merged for ext in self.extensions for lora in ext.lora.values()):
             self.unmerge_lora()

@@ -42,7 +42,7 @@ def evaluate(method, ds: DatasetSplits, split: str = "test", domain: str = "base
         embeddings.append(emb)
         kept += emb.shape[0]
 
-    if method.reads_cached_features():
+    if method.evaluates_on_cached_features():
         enc = encode_images(backbone, samples, ds.image_root, transform, cache=cache, desc=f"{ds.name}/{split}",
                             progress=progress)
         for start in range(0, enc.labels.shape[0], batch_size):

@@ -243,7 +243,7 @@ def adapt_and_predict(method, ds: DatasetSplits, cfg: TestTimeConfig | None = No
     """Test-time-adapt `method` on every sample of `ds[split]` (the first `limit` with `limit`) and
     return labels, predictions and logits as `engine.evaluate` does. The method's parameters and the
     optimizer are reset to their state before the first sample after every sample (and at the end)."""
-    from ..methods.base import ClassTask
+    from ..data.types import ClassTask
 
     cfg = cfg or TestTimeConfig()
     if cfg.steps < 0 or cfg.views < 1 or not 0 < cfg.selection <= 1:
@@ -256,10 +256,11 @@ def adapt_and_predict(method, ds: DatasetSplits, cfg: TestTimeConfig | None = No
                         "test_time_logits(): it cannot adapt at test time")
     params = list(method.test_time_parameters())
     if cfg.steps and not params:
-        raise ValueError("test_time_parameters() is empty")
+        raise ValueError(f"method {getattr(method, 'name', method)!r} has no test-time parameters "
+                         "(test_time_parameters() is empty): it cannot adapt at test time")
     loss_fn = loss_fn or getattr(method, "test_time_loss", None) or average_entropy
     views = view_builder or AugmentedViews.for_method(method, cfg)
-    features_in = bool(getattr(method, "frozen_image_tower", False)) or getattr(method, "inputs", "") == "features"
+    features_in = method.evaluates_on_cached_features()
     samples = ds.split(split)[:limit] if limit is not None else ds.split(split)
     if not samples:
         raise ValueError(f"{ds.name} has no {split} samples")

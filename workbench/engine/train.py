@@ -147,7 +147,7 @@ def _train_batches(method, ds: DatasetSplits, cfg: TrainConfig, seed: int, devic
     """Returns make_loader(epoch) -> iterable of (inputs, labels), and the dataset for skip counts."""
     backbone = method.backbone
     transform = train_transform(backbone.image_size, backbone.mean, backbone.std, scale=cfg.crop_scale, flip=cfg.flip)
-    if method.reads_cached_features(cfg):
+    if method.trains_on_cached_features(cfg):
         enc = encode_images(backbone, ds.train, ds.image_root, transform, views=cfg.feature_views, seed=seed,
                             cache=cache, desc=f"{ds.name}/train features", progress=progress)
 
@@ -179,7 +179,7 @@ def fit(method, ds: DatasetSplits, cfg: TrainConfig, *, seed: int = 1, device: s
     if not method.trainable:
         return result
     seed_everything(seed)
-    if method.inputs == "features" and hasattr(method, "fit_closed_form") and getattr(method, "closed_form", False):
+    if method.closed_form:
         return _fit_closed_form(method, ds, cfg, seed, device, run, cache, result, progress)
 
     optimizer = build_optimizer(method, cfg)

@@ -1,10 +1,29 @@
 """What a method is: a config dataclass + an nn.Module + a registry entry (peft's tuner layout).
 
-The engine calls, in this order:
-  method = build_method(name, backbone, task, overrides)   # attaches to the backbone
-  method.training_loss(images, labels)  /  method.backward(...)   each step
-  method.on_epoch_end(epoch, epochs)                          after each epoch
-  method.prepare_eval(task, domain); method.eval_logits(images)  for evaluation
+The contract, in the order the engine uses it:
+
+  building      cls(backbone, task, config): attach to the backbone only through its extension points
+                (tokens, adapters, LoRA); the constructor's random inits follow the run's seed.
+  training      training_loss(inputs, labels) -> LossOutput, or backward(...) when the method rewrites
+                gradients; on_epoch_end(epoch, epochs); learned_scalars() recorded every epoch;
+                trainable_parameters() / param_groups(lr, wd) choose what the optimizer updates.
+  stages        stage_parameters(key) / on_stage_start(key): what each stage of staged training updates
+                (engine.staged: LP-FT's "head" then "all"), each stage with its own optimizer settings.
+  test time     test_time_parameters(), test_time_logits(views), test_time_loss(logits): what
+                engine.test_time tunes on each test sample's views before predicting it, then resets.
+  closed form   methods with `closed_form = True` (linear probe, Tip-Adapter's cache) are fitted once by
+                fit_closed_form(features, labels, val_features, val_labels) -> scalars, without SGD.
+  checkpoints   trainable_state_dict() holds the trainable parameters plus every buffer with a name part
+                starting with "state_" (`state_c`, `state_gpa.<param>`: non-parameter state that training changes: a running statistic, a fitted
+                cache); load_trainable_state_dict() restores both, so a resumed run is exact.
+  evaluation    prepare_eval(task, domain) then eval_logits(inputs) / eval_outputs(inputs) -> (logits,
+                the image embeddings it scores with); eval_class_embeddings() -> the class embeddings
+                [C, D] it scores against (for similarity histograms and t-SNE/UMAP), or None.
+  cached input  the engine may feed cached image-tower features [B, D] instead of images only when the
+                method reads nothing but the tower's final features (`frozen_image_tower = True`, or
+                `inputs = "features"`) AND the tower is exactly the pretrained one: nothing attached to it,
+                no weight trainable (`backbone.image_tower_is_pretrained()`). A method that declares a
+                frozen tower but attaches a vision extension is evaluated on images, with its extension.
 
 `domain` tells a method which inference head to use:
   base  - the classes it was trained on (base-to-novel base, few-shot test, domain-generalization source)
@@ -53,9 +72,11 @@ class Method(nn.Module):
     # the names the transcribed papers give this method (first = the usual one), for ours-vs-paper joins
     paper_names: ClassVar[tuple[str, ...]] = ()
     trainable: ClassVar[bool] = True  # False: nothing to train (zero-shot)
+    closed_form: ClassVar[bool] = False  # True: fitted by fit_closed_form on cached features, not by SGD
     inputs: ClassVar[str] = "images"  # "features": trained on cached frozen image features
-    # the image tower stays frozen and unextended: evaluation reads cached test features, and training
-    # can too (TrainConfig.cached_features); inputs are then features [B, D] instead of images
+    # the method reads only the image tower's final features: when the tower is also untouched
+    # (image_tower_is_pretrained), evaluation reads cached test features, and training can too
+    # (TrainConfig.cached_features); inputs are then features [B, D] instead of images
     frozen_image_tower: ClassVar[bool] = False
 
     def __init__(self, backbone: CLIPBackbone, task: ClassTask, config):
@@ -92,6 +113,32 @@ class Method(nn.Module):
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
         return [{"params": self.trainable_parameters(), "lr": lr, "weight_decay": weight_decay}]
 
+    # -- staged training (engine.staged, e.g. LP-FT) -------------------------------------------
+    def stage_parameters(self, key: str) -> list[nn.Parameter]:
+        """The parameters training stage `key` updates ("head", "all", ...); methods with stages
+        override this. engine.staged sets requires_grad on exactly these before the stage."""
+        raise KeyError(f"{self.name} has no training stage {key!r}: it defines no stages (stage_parameters)")
+
+    def on_stage_start(self, key: str) -> None:
+        """Called after a stage's parameters are selected, before it trains."""
+
+    # -- test-time adaptation (engine.test_time, e.g. TPT) --------------------------------------
+    def test_time_parameters(self) -> list[nn.Parameter]:
+        """Parameters tuned on each test sample's views and reset after it (empty: no test-time
+        adaptation)."""
+        return []
+
+    def test_time_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits [N, C] over the current evaluation classes with gradients reaching
+        `test_time_parameters()`; inputs are views (or their features when `evaluates_on_cached_features`)."""
+        raise NotImplementedError(f"{self.name} does not adapt at test time")
+
+    def test_time_loss(self, logits: torch.Tensor) -> torch.Tensor:
+        """The unsupervised test-time objective; default: entropy of the averaged prediction (TPT)."""
+        from ..engine.test_time import average_entropy
+
+        return average_entropy(logits)
+
     # -- evaluation ---------------------------------------------------------------------------
     def prepare_eval(self, task: ClassTask, domain: str) -> None:
         """Precompute what evaluation over `task`'s classes needs (e.g. class text features)."""
@@ -122,22 +169,35 @@ class Method(nn.Module):
         with torch.no_grad():
             return self.backbone.encode_image(inputs)
 
-    def reads_cached_features(self, train_cfg=None) -> bool:
-        """Whether the engine feeds cached frozen features instead of images (in evaluation when
-        `train_cfg` is None, else in training)."""
+    def reads_tower_features_only(self) -> bool:
+        """Whether cached features of the pretrained image tower can stand in for images: the method
+        declares it reads only the tower's final features, and nothing is attached to the tower."""
         if self.inputs == "features":
             return True
-        return self.frozen_image_tower and (train_cfg is None or bool(train_cfg.cached_features))
+        return self.frozen_image_tower and self.backbone.image_tower_is_pretrained()
+
+    def evaluates_on_cached_features(self) -> bool:
+        """Whether evaluation feeds cached test features instead of images (exact: tested)."""
+        return self.reads_tower_features_only()
+
+    def trains_on_cached_features(self, train_cfg) -> bool:
+        """Whether training feeds cached augmented views: always for feature methods, on request
+        (`train.cached_features`) for methods that read only the untouched tower's features."""
+        if self.inputs == "features":
+            return True
+        return self.reads_tower_features_only() and bool(train_cfg.cached_features)
 
     def eval_class_embeddings(self) -> torch.Tensor | None:
         """Class embeddings [C, D] of the current evaluation classes, if the method has them."""
         return getattr(self, "eval_text", None)
 
     # -- state --------------------------------------------------------------------------------
+    STATE_PREFIX: ClassVar[str] = "state_"  # buffers checkpointed with the trainable parameters
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         names = {id(p) for p in self.trainable_parameters()}
         state = {k: v for k, v in self.named_parameters() if id(v) in names}
-        state.update({k: v for k, v in self.named_buffers() if k.startswith("state_")})
+        state.update({k: v for k, v in self.named_buffers() if any(part.startswith(self.STATE_PREFIX) for part in k.split("."))})
         return {k: v.detach().clone() for k, v in state.items()}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:

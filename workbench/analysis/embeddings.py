@@ -151,7 +151,7 @@ def _key_order(key: str) -> tuple[int, str]:
 
 def stacked_embeddings(run_dir: str | os.PathLike, keys: Sequence[str]) -> StackedEmbeddings:
     """The stored image embeddings of `keys` (e.g. ["base", "new"]) stacked, with class name and split per row."""
-    from workbench.protocols.base import load_embeddings
+    from workbench.runs import load_embeddings
 
     parts_x, parts_y, parts_c, parts_g = [], [], [], []
     for key in keys:

@@ -42,6 +42,7 @@ def bottleneck_mlp(dim: int, reduction: int) -> nn.Sequential:
 @register_method
 class CLIPAdapter(ScoresImageEmbeddings, Method):
     name = "clip_adapter"
+    paper_names = ("CLIP-Adapter",)
     Config = CLIPAdapterConfig
     version = 2  # underscores read as spaces
     inputs = "features"

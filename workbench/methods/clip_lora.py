@@ -39,6 +39,7 @@ FEW_SHOT = Preset({}, lora_train(16), "16 shots: run_utils.py defaults (r=2, α=
 @register_method
 class CLIPLoRA(ScoresImageEmbeddings, Method):
     name = "clip_lora"
+    paper_names = ("CLIP-LoRA",)
     Config = CLIPLoRAConfig
     version = 2  # underscores read as spaces
     presets = {

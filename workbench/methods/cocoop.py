@@ -27,6 +27,7 @@ B2N_TRAIN = {"optimizer": "sgd", "lr": 0.002, "batch_size": 1, "epochs": 10}
 @register_method
 class CoCoOp(Method):
     name = "cocoop"
+    paper_names = ("CoCoOp",)
     Config = CoCoOpConfig
     frozen_image_tower = True
     default_preset = "base_to_novel"

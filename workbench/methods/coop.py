@@ -48,6 +48,7 @@ IMAGENET_WORDS = Preset(WORDS, dassl_sgd(50), "trained on ImageNet (CoCoOp's scr
 @register_method
 class CoOp(ScoresImageEmbeddings, Method):
     name = "coop"
+    paper_names = ("CoOp",)
     Config = CoOpConfig
     version = 2  # released presets (base-to-novel 200 epochs, shot- and ImageNet-specific few-shot)
     frozen_image_tower = True

@@ -31,6 +31,7 @@ class KgCoOpConfig:
 @register_method
 class KgCoOp(CoOp):
     name = "kgcoop"
+    paper_names = ("KgCoOp",)
     Config = KgCoOpConfig
     version = 2  # underscores read as spaces; KgCoOp's own templates (DTD)
     default_preset = "base_to_novel"

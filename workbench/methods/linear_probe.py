@@ -92,6 +92,7 @@ def search_c(train_x, train_y, val_x, val_y, steps: int = 8, max_iter: int = 100
 @register_method
 class LinearProbe(Method):
     name = "linear_probe"
+    paper_names = ("Linear probe CLIP", "LP")
     Config = LinearProbeConfig
     inputs = "features"
     closed_form = True

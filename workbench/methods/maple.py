@@ -144,6 +144,7 @@ TOY_DEEP_TRAIN = {**TOY_TRAIN, "epochs": 5}
 @register_method
 class IVLP(ScoresImageEmbeddings, Method):
     name = "ivlp"
+    paper_names = ("IVLP",)
     Config = IVLPConfig
     default_preset = "base_to_novel"
     presets = {
@@ -205,6 +206,7 @@ class MaPLeConfig:
 @register_method
 class MaPLe(IVLP):
     name = "maple"
+    paper_names = ("MaPLe",)
     Config = MaPLeConfig
     default_preset = "base_to_novel"
     presets = {

@@ -83,6 +83,7 @@ PAPER = {"n_tokens": 5, "start_layer": PAPER_START_LAYER, "alpha": 0.7}
 @register_method
 class MMRL(Method):
     name = "mmrl"
+    paper_names = ("MMRL",)
     Config = MMRLConfig
     default_preset = "base_to_novel"
     presets = {

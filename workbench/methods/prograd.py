@@ -68,6 +68,7 @@ def template_words(template: str) -> str:
 @register_method
 class ProGrad(CoOp):
     name = "prograd"
+    paper_names = ("ProGrad",)
     Config = ProGradConfig
     version = 2  # underscores read as spaces; ProGrad's own templates and context init; released presets
     default_preset = "few_shot"

@@ -63,6 +63,7 @@ def _buffer_name(param_name: str) -> str:
 @register_method
 class PromptSRC(IVLP):
     name = "promptsrc"
+    paper_names = ("PromptSRC",)
     Config = PromptSRCConfig
     version = 2  # underscores read as spaces; 60-template teacher (raw mean); GPA 45/5 few-shot presets
     default_preset = "base_to_novel"

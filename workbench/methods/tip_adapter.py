@@ -90,6 +90,7 @@ def search_grid(scale: float, steps: int) -> list[float]:
 @register_method
 class TipAdapter(Method):
     name = "tip_adapter"
+    paper_names = ("Tip-Adapter-F", "Tip-Adapter")
     Config = TipAdapterConfig
     version = 2  # underscores read as spaces; ImageNet's 7-template ensemble; paper settings on *_base tasks
     inputs = "features"

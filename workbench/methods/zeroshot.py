@@ -16,6 +16,7 @@ class ZeroShotConfig:
 @register_method
 class ZeroShotCLIP(ScoresImageEmbeddings, Method):
     name = "zeroshot"
+    paper_names = ("CLIP", "Zero Shot")
     Config = ZeroShotConfig
     version = 2  # underscores read as spaces
     presets = {"default": Preset(description="CoOp's per-dataset template (trainers/zsclip.py CUSTOM_TEMPLATES, "

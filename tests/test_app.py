@@ -202,7 +202,7 @@ def test_results_page_aggregates_and_compares(monkeypatch, populated):
     at.switch_page("views/results.py").run()
     no_exceptions(at)
     ours = frame(at, "eurosat · hm")
-    assert ours["eurosat · hm"].iloc[0] == f"{run.metrics['hm']:.2f}" and ours["seeds"].iloc[0] == 1
+    assert ours["eurosat · hm"].iloc[0] == f"{run.metrics['hm']:.2f} (n=1)" and ours["seeds"].iloc[0] == 1
     # a 2-shot toy-backbone run has no paper counterpart at that shot count: said, not hidden
     assert "None of the chosen papers" in texts(at)
     assert at.expander[0].label.startswith("Our results without a paper value")

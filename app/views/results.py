@@ -14,6 +14,7 @@ import appcore
 from workbench.analysis import compare, figures
 from workbench.analysis.stats import format_ci, format_summary, format_values
 from workbench.data.paper_results import PAPERS
+from workbench.protocols.builder import differences_from_preset
 
 st.title("Results")
 reg = appcore.registry()
@@ -32,18 +33,21 @@ if ours.empty:
 
 
 def config_label(row) -> str:
-    """method · shots · backbone [+ settings that differ from the preset]."""
+    """method · shots · backbone · preset [+ settings that differ from what the preset resolves to]."""
     shots = "full" if pd.isna(row["shots"]) else f"{int(row['shots'])}-shot"
-    extra = []
-    for key in ("method_config", "overrides"):
+
+    def parsed(key):
         try:
-            values = json.loads(row[key]) if isinstance(row[key], str) else {}
+            return json.loads(row[key]) if isinstance(row.get(key), str) else {}
         except json.JSONDecodeError:
-            values = {}
-        extra += [f"{k}={v}" for k, v in values.items() if k != "preset"]
-    tail = f" ({', '.join(extra)})" if extra else ""
+            return {}
+
+    preset = row.get("preset") if isinstance(row.get("preset"), str) else None
+    extra = differences_from_preset(row["method"], row["protocol"], [row["dataset"]], preset,
+                                    parsed("method_config"), parsed("train_config"), row["backbone"])
+    tail = f" ({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else ""
     pretrained = f"/{row['pretrained']}" if row.get("pretrained") else ""
-    return f"{row['method']} · {shots} · {row['backbone']}{pretrained}{tail}"
+    return f"{row['method']} · {shots} · {row['backbone']}{pretrained} · {preset or 'default'}{tail}"
 
 
 ours = ours.assign(config=[config_label(r) for _, r in ours.iterrows()])

@@ -25,7 +25,8 @@ from workbench.analysis.stats import NO_VALUE, SeedSummary, format_ci, format_su
 
 METRIC_ORDER = ("base", "new", "hm", "top1")
 # what makes two runs "the same experiment but for the seed" (columns of Registry.list())
-GROUP_COLUMNS = ["protocol", "method", "dataset", "shots", "backbone", "pretrained", "method_config", "overrides"]
+GROUP_COLUMNS = ["protocol", "method", "dataset", "shots", "backbone", "pretrained", "preset", "method_config",
+                 "train_config", "protocol_settings", "versions"]
 AGG_COLUMNS = GROUP_COLUMNS + ["metric", "mean", "std", "ci95", "n", "seeds", "values", "runs"]
 TABLE_COLUMNS = ["protocol", "method", "paper_method", "dataset", "shots", "metric", "ours", "ours_std",
                  "ours_ci95", "n", "seeds", "ours_values", "paper", "diff", "note", "paper_table"]
@@ -112,7 +113,7 @@ def _group_value(row: pd.Series, col: str):
     if isinstance(value, (dict, list, tuple)):
         return json.dumps(value, sort_keys=True)
     if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return "" if col == "pretrained" else "{}" if col.endswith(("config", "overrides", "settings")) else value
+        return "" if col == "pretrained" else "{}" if col.endswith(("config", "settings", "versions")) else value
     return value
 
 

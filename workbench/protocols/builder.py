@@ -231,3 +231,22 @@ def check_resolved(spec: RunSpec) -> None:
     detail = f"; it lacks {', '.join(sorted(missing)[:6])}" if missing else ""
     raise SpecError(f"spec {spec.short_hash} is not fully resolved{detail}: build specs with "
                     "workbench.protocols.build_spec(method, protocol, datasets, settings={...})")
+
+
+def differences_from_preset(method: str, protocol: str, datasets: Sequence[str], preset: str | None,
+                            method_config: Mapping[str, Any], train_config: Mapping[str, Any],
+                            backbone: str = "toy") -> dict[str, Any]:
+    """The settings of a recorded run that differ from what its preset resolves to today, as flat keys
+    ({"train.epochs": 2}); for labels. Keys a (legacy) record lacks count as the preset's."""
+    from .runspec import canonicalize
+
+    try:
+        base = build_spec(method, protocol, datasets, backbone=backbone, preset=preset, _resolved=True)
+    except (SpecError, KeyError, ValueError):
+        return {}
+    out = {}
+    for ns, mine, theirs in (("method", method_config, base.method_config), ("train", train_config, base.train_config)):
+        for key, value in mine.items():
+            if key != "preset" and canonicalize(value) != canonicalize(theirs.get(key)):
+                out[f"{ns}.{key}"] = value
+    return out

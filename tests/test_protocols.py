@@ -159,3 +159,9 @@ def test_toy_presets_follow_the_architecture_not_the_name(tmp_path):
     assert resolve_preset("coop", "base_to_novel", "ViT-B-16-quickgelu") != "toy"
     assert resolve_preset("mmrl", "few_shot", "ViT-B-16-quickgelu", "imagenet") == "few_shot_imagenet"
     assert resolve_preset("mmrl", "few_shot", "ViT-B-16-quickgelu", "dtd") == "few_shot"
+    # released configs per shot count, per dataset and shot count, then per protocol
+    assert resolve_preset("coop", "few_shot", "ViT-B-16-quickgelu", "dtd", 1) == "few_shot_1shot"
+    assert resolve_preset("coop", "few_shot", "ViT-B-16-quickgelu", "dtd", 16) == "few_shot"
+    assert resolve_preset("coop", "few_shot", "ViT-B-16-quickgelu", "imagenet", 1) == "few_shot_imagenet"
+    assert resolve_preset("prograd", "few_shot", "ViT-B-16-quickgelu", "dtd", 8) == "few_shot_dtd_8shot"
+    assert resolve_preset("prograd", "few_shot", "ViT-B-16-quickgelu", "caltech101", 8) == "few_shot"

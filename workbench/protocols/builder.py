@@ -43,20 +43,23 @@ def _classes(method: str, protocol: str):
     return get_method_class(method), TrainConfig, get_protocol(protocol)
 
 
-def resolve_preset(method: str, protocol: str, backbone: str, dataset: str | None = None) -> str:
-    """Which named preset a run uses when none is given: the embedded toy world has its own CPU
-    budget; otherwise a protocol preset for the (source) dataset such as `base_to_novel_imagenet`,
-    then the protocol's preset, else the method's default."""
+def resolve_preset(method: str, protocol: str, backbone: str, dataset: str | None = None,
+                   shots: int | None = None) -> str:
+    """Which named preset a run uses when none is given. The embedded toy world has its own CPU budget
+    (`toy`); otherwise the first preset the method has of `<protocol>_<dataset>_<k>shot`,
+    `<protocol>_<dataset>`, `<protocol>_<k>shot`, `<protocol>`, else the method's default (released
+    configs differ per dataset and per shot count: CoOp's 1/2/4-shot schedules, ImageNet's)."""
     from ..methods import get_method_class
     from ..models import is_embedded_scale
 
     cls = get_method_class(method)
     if "toy" in cls.presets and is_embedded_scale(backbone):
         return "toy"
-    if dataset and f"{protocol}_{dataset.lower()}" in cls.presets:
-        return f"{protocol}_{dataset.lower()}"
-    if protocol in cls.presets:
-        return protocol
+    data = dataset.lower() if dataset else None
+    shot = f"{shots}shot" if shots is not None else None
+    for parts in ((protocol, data, shot), (protocol, data), (protocol, shot), (protocol,)):
+        if None not in parts and "_".join(parts) in cls.presets:
+            return "_".join(parts)
     return cls.default_preset
 
 
@@ -147,7 +150,7 @@ def build_spec(method: str, protocol: str = "base_to_novel", datasets: str | Seq
     problem = info.dataset_count_error(len(datasets))
     if problem:
         raise SpecError(problem)
-    preset = preset or resolve_preset(method, protocol, backbone, datasets[0])
+    preset = preset or resolve_preset(method, protocol, backbone, datasets[0], shots if cls.trainable else None)
     if cls.presets and preset not in cls.presets:
         raise SpecError(f"{method} has no preset {preset!r}; presets: {', '.join(sorted(cls.presets))}")
     table = _namespace_table(cls, train_cls, info)

@@ -59,7 +59,8 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
 
 
 def runs_display_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The runs table as shown: identity, status with icon, progress 0..1, message, headline metrics."""
+    """The runs table as shown: identity, status with icon ("(stale)": made by an older version, never
+    reused), progress 0..1, message, headline metrics."""
     metrics = [c for c in HEADLINE_METRICS if c in df.columns]
     out = pd.DataFrame({
         "run": df["short_hash"],
@@ -70,7 +71,8 @@ def runs_display_table(df: pd.DataFrame) -> pd.DataFrame:
         "shots": df["shots"],
         "seed": df["seed"],
         "backbone": df["backbone"],
-        "status": [f"{STATUS_ICONS.get(s, '')} {s}" for s in df["status"]],
+        "status": [f"{STATUS_ICONS.get(s, '')} {s}" + (" (stale)" if stale else "")
+                   for s, stale in zip(df["status"], df.get("stale", pd.Series([""] * len(df))).astype(bool))],
         "progress": df["progress"].astype(float),
         "message": [e if isinstance(e, str) and e else m for m, e in zip(df["message"], df["error"])],
         "epochs": df["epochs"],

@@ -193,3 +193,42 @@ def test_methods_show_prints_settings_presets_and_parameter_count(capsys):
     assert "train.lr: float" in out and "base_to_novel:" in out
     # CoOp's default preset: 16 context tokens of width 512 on ViT-B/16 = 8,192 (CoOp paper)
     assert "trainable parameters on ViT-B-16-quickgelu" in out and " 8,192 of " in out
+
+
+def test_stale_runs_are_marked_in_the_registry_the_cli_and_the_app(tmp_path, capsys, monkeypatch):
+    from workbench.cli import main
+    from workbench.runs import Registry
+
+    reg = Registry(tmp_path / "runs")
+    fresh = reg.create_or_get(build_spec("coop", settings={"train.epochs": 1}))
+    legacy = reg.create_or_get(RunSpec.from_dict({
+        "method": "coop", "method_config": {"preset": "toy"}, "protocol": "base_to_novel",
+        "datasets": ["toy_objects"], "shots": 16, "seed": 1, "backbone": "toy", "pretrained": None,
+        "overrides": {"train.epochs": 2}, "name": None}))
+    for run in (fresh, legacy):
+        run.write_metrics({"base": 80.0})
+        run.set_status("done")
+    stale = reg.list().set_index("short_hash")["stale"]
+    assert stale[fresh.short_hash] == "" and "before runs recorded" in stale[legacy.short_hash]
+    assert main(["runs", "--root", str(reg.root), "list"]) == 0
+    out = capsys.readouterr().out
+    assert "done (stale)" in out and out.count("(stale)") == 1 and "1 stale run(s)" in out
+    assert main(["runs", "--root", str(reg.root), "show", fresh.short_hash]) == 0
+    shown = capsys.readouterr().out
+    assert "train.epochs = 1" in shown and "method.n_ctx = 4" in shown and "versions: engine" in shown
+    assert main(["runs", "--root", str(reg.root), "show", legacy.short_hash]) == 0
+    assert "stale: made before runs recorded" in capsys.readouterr().out
+
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(REPO / "app"))
+    try:
+        if importlib.util.find_spec("streamlit") is None:
+            return
+        import appcore
+        table = appcore.runs_display_table(reg.list())
+    finally:
+        sys.path.remove(str(REPO / "app"))
+    marked = dict(zip(table["run"], table["status"]))
+    assert marked[legacy.short_hash].endswith("done (stale)") and not marked[fresh.short_hash].endswith("(stale)")

@@ -11,7 +11,7 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser("run", help="train and evaluate a method under a protocol (recorded in the registry)")
     p.add_argument("--method", required=True, help="see `workbench methods`")
     p.add_argument("--protocol", default="base_to_novel",
-                   help="base_to_novel | few_shot | cross_dataset | domain_generalization (see `workbench methods`)")
+                   help="a registered protocol (`workbench protocols` lists them with their datasets and metrics)")
     p.add_argument("--dataset", nargs="+", default=["toy_objects"],
                    help="dataset(s); for cross_dataset / domain_generalization: source then targets")
     p.add_argument("--shots", type=int, default=16)
@@ -30,6 +30,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the resolved specs and whether each is done")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_run)
+
+    pr = subparsers.add_parser("protocols", help="the registered protocols: datasets, metrics, domains, settings")
+    pr.set_defaults(func=_cmd_protocols)
 
     m = subparsers.add_parser("methods", help="the registered methods and their presets (`methods show NAME`)")
     sub = m.add_subparsers(dest="methods_command")
@@ -88,4 +91,25 @@ def _cmd_methods(args) -> int:
         return 0
     for entry in method_index():
         print(f"{entry['name']}: presets {', '.join(entry['presets']) or '-'}")
+    return 0
+
+
+def _cmd_protocols(args) -> int:
+    import dataclasses
+
+    from .protocols import PROTOCOLS
+
+    for name, info in sorted(PROTOCOLS.items()):
+        if info.max_datasets is None:
+            count = f"{info.min_datasets} or more (source first)"
+        elif info.min_datasets == info.max_datasets:
+            count = str(info.min_datasets)
+        else:
+            count = f"{info.min_datasets} to {info.max_datasets} (source first)"
+        metrics = list(info.metrics) + (["one top-1 per dataset"] if info.per_dataset_metrics else [])
+        print(f"{name} (version {info.version}): {info.description.splitlines()[0] if info.description else ''}")
+        print(f"    datasets: {count}; metrics: {', '.join(metrics)}; domains: {', '.join(info.domains)}")
+        if info.settings is not None:
+            fields = ", ".join(f"{info.namespace}.{f.name}" for f in dataclasses.fields(info.settings))
+            print(f"    settings: {fields}")
     return 0

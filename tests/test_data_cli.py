@@ -59,7 +59,13 @@ def test_check_ok_toy_and_prepare(tmp_path, capsys):
     assert files == ["shot_1-seed_1.json", "shot_1-seed_2.json", "shot_2-seed_1.json", "shot_2-seed_2.json"]
     rc, out = run(["data", "prepare", "--root", str(tmp_path), "--dataset", "toy_objects", "--shots", "1",
                    "--seeds", "1"], capsys)
-    assert "reused" in out
+    assert "0 written, 1 reused" in out
+    # a split file of the old sampling rule is rewritten, and counted as written
+    old = tmp_path / "toy_objects" / "split_fewshot" / "shot_1-seed_1.json"
+    old.write_text(json.dumps({**json.loads(old.read_text()), "version": 1}))
+    rc, out = run(["data", "prepare", "--root", str(tmp_path), "--dataset", "toy_objects", "--shots", "1",
+                   "--seeds", "1"], capsys)
+    assert "1 written, 0 reused" in out and json.loads(old.read_text())["version"] >= 2
 
 
 def test_check_all_does_not_fail(tmp_path, capsys, monkeypatch):

@@ -271,10 +271,11 @@ def prepare(
             for k in shots:
                 for s in seeds:
                     path = cache / fewshot_filename(k, s)
-                    existed = path.is_file()
+                    before = path.stat().st_mtime_ns if path.is_file() else None
                     few_shot_splits(ds, k, s, cache_dir=cache, sample_val=m.split.kind != "imagenet")
-                    reused += existed
-                    written += not existed
+                    kept = before is not None and path.stat().st_mtime_ns == before  # a stale file is rewritten
+                    reused += kept
+                    written += not kept
                     files.append(str(path))
         except FewShotCacheError as e:
             results.append(PrepareResult(name, "error", str(e), files))

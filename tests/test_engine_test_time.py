@@ -183,7 +183,7 @@ def test_interrupted_run_resumes_with_identical_predictions(tiny_backbone, color
 
 
 def test_test_time_checkpoints_carry_the_training_checkpoint(tiny_backbone, color_dataset, tmp_path):
-    from workbench.engine.staged import training_checkpoint
+    from workbench.engine.train import training_checkpoint
 
     run = new_run(tmp_path)
     run.save_checkpoint({"phase": "staged", "marker": 1}, 9)
@@ -238,3 +238,29 @@ def test_several_evaluations_in_one_run_resume_each_from_its_own_state(tiny_back
     assert test_calls == [] and val_calls == [4, 1]  # test came from the checkpoint; val resumed at sample 2
     for got, (ref, _) in zip((test, val), whole):
         assert np.array_equal(got.logits, ref.logits) and got.extra["domain"] == ref.extra["domain"]
+
+
+class TrainedToyTPT(ToyTPT):
+    """ToyTPT that also trains its shift with cross-entropy (train, then adapt at test time)."""
+
+    def training_loss(self, feats, labels):
+        from workbench.methods.base import LossOutput
+
+        logits = self.test_time_logits(self.image_tower_features(feats))
+        return LossOutput(nn.functional.cross_entropy(logits, labels), logits=logits.detach())
+
+
+def test_plain_fit_finds_its_checkpoint_under_test_time_ones(tiny_backbone, color_dataset, tmp_path):
+    """Train, adapt at test time (which checkpoints after the training epochs), then ask for the training
+    again: fit resumes from its own last epoch and trains nothing more."""
+    from workbench.engine.train import TrainConfig, fit
+
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=0.05, warmup_epochs=0, crop_scale=(1.0, 1.0), flip=False)
+    run = new_run(tmp_path)
+    method = TrainedToyTPT(tiny_backbone, ClassTask.from_splits(color_dataset))
+    fit(method, color_dataset, cfg, seed=1, run=run, progress=False)
+    trained = method.shift.detach().clone()
+    adapt_and_predict(method, color_dataset, small_cfg(views=4, steps=1), limit=3, run=run, progress=False)
+    again = fit(method, color_dataset, cfg, seed=1, run=run, progress=False)
+    assert again.resumed_from_epoch == 1 and len(again.history) == 2
+    assert torch.equal(method.shift.detach(), trained)

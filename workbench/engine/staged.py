@@ -25,10 +25,9 @@ import torch
 
 from ..data.types import DatasetSplits
 from .features import FeatureCache
-from .train import FitResult, TrainConfig, fit
+from .train import FitResult, TrainConfig, fit, training_checkpoint
 
 PHASE = "staged"
-TEST_TIME_PHASE = "test_time"  # engine.test_time's checkpoints, which carry the training checkpoint
 STAGE_SEED_STRIDE = 100_003  # stage k trains with seed + k * stride (stage 0 is plain fit's seed)
 
 
@@ -78,14 +77,6 @@ def select_parameters(method, params: Iterable[torch.nn.Parameter]) -> None:
         raise ValueError(f"{len(foreign)} stage parameter(s) are not parameters of the method")
     for p in method.parameters():
         p.requires_grad_(id(p) in ids)
-
-
-def training_checkpoint(run, map_location: Any = "cpu") -> tuple[int, dict] | None:
-    """The run's latest training checkpoint, looking through test-time checkpoints (which carry it)."""
-    loaded = run.load_checkpoint(map_location=map_location)
-    if loaded is not None and isinstance(loaded[1], dict) and loaded[1].get("phase") == TEST_TIME_PHASE:
-        return loaded[1].get("carry")
-    return loaded
 
 
 class StageRun:

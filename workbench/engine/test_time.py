@@ -19,7 +19,7 @@ tuned model on the original image; fp16 autocast with a GradScaler (init_scale 1
 Resume: with a run handle, progress is checkpointed every `checkpoint_every` samples (phase
 "test_time"); views are seeded per sample, so a resumed run gives identical predictions. A training
 checkpoint found in the run is carried inside each test-time checkpoint (key "carry"), so training
-code that reads checkpoints through `staged.training_checkpoint` still finds it. One run may adapt on
+code that reads checkpoints through `train.training_checkpoint` (fit, fit_staged) still finds it. One run may adapt on
 several (dataset, split, domain)s one after the other: finished ones are kept in later checkpoints
 and returned from there when asked again.
 """
@@ -41,9 +41,10 @@ from tqdm.auto import tqdm
 from ..data.images import ImageDataset
 from ..data.transforms import test_transform
 from ..data.types import DatasetSplits
+from .train import TEST_TIME_PHASE
 from .zeroshot import EvalResult
 
-PHASE = "test_time"
+PHASE = TEST_TIME_PHASE
 
 
 @dataclass

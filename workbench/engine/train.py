@@ -92,6 +92,17 @@ def lr_at(cfg: TrainConfig, epoch: int, step_in_epoch: int = 0, steps_per_epoch:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / cfg.epochs))
 
 
+TEST_TIME_PHASE = "test_time"  # engine.test_time's checkpoints, which carry the training checkpoint
+
+
+def training_checkpoint(run, map_location: Any = "cpu") -> tuple[int, dict] | None:
+    """The run's latest training checkpoint, looking through test-time checkpoints (which carry it)."""
+    loaded = run.load_checkpoint(map_location=map_location)
+    if loaded is not None and isinstance(loaded[1], dict) and loaded[1].get("phase") == TEST_TIME_PHASE:
+        return loaded[1].get("carry")
+    return loaded
+
+
 def build_optimizer(method, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = method.param_groups(cfg.lr, cfg.weight_decay)
     if not any(p.requires_grad for g in groups for p in g["params"]):
@@ -187,7 +198,7 @@ def fit(method, ds: DatasetSplits, cfg: TrainConfig, *, seed: int = 1, device: s
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     start_epoch = 0
     if run is not None:
-        loaded = run.load_checkpoint(map_location=device)
+        loaded = training_checkpoint(run, map_location=device)
         if loaded is not None:
             epoch_done, state = loaded
             method.load_trainable_state_dict(state["method"])

@@ -75,6 +75,7 @@ def populated(tmp_path_factory):
     make_eurosat(data)
     reg = Registry(root / "runs")
     spec = build_spec("coop", "base_to_novel", "eurosat", shots=2, seed=1, backbone="wb-tiny-vit", preset="toy",
+                      data_root=str(data),
                       settings={"train.epochs": 2, "train.batch_size": 4})
     run = execute(spec, reg, data_root=str(data), progress=False, device="cpu")
     assert run.status == "done"

@@ -29,14 +29,15 @@ def data_root(tmp_path):
     return tmp_path
 
 
-def coop_spec(epochs=2, seed=1):
+def coop_spec(data_root, epochs=2, seed=1):
     return build_spec("coop", "base_to_novel", "eurosat", shots=4, seed=seed, backbone=TINY, preset="toy",
+                      data_root=str(data_root),
                       settings={"train.epochs": epochs, "train.batch_size": 4})
 
 
 def test_base_to_novel_records_metrics_and_predictions(data_root, tmp_path):
     reg = Registry(tmp_path / "runs")
-    run = execute(coop_spec(), reg, data_root=str(data_root), progress=False)
+    run = execute(coop_spec(data_root), reg, data_root=str(data_root), progress=False)
     m = run.metrics
     assert run.status == "done" and m["hm"] == pytest.approx(harmonic_mean(m["base"], m["new"]))
     preds = run.load_predictions()
@@ -50,11 +51,11 @@ def test_base_to_novel_records_metrics_and_predictions(data_root, tmp_path):
 
 def test_done_runs_are_skipped_and_force_reruns(data_root, tmp_path):
     reg = Registry(tmp_path / "runs")
-    first = execute(coop_spec(), reg, data_root=str(data_root), progress=False)
+    first = execute(coop_spec(data_root), reg, data_root=str(data_root), progress=False)
     stamp = (first.dir / "metrics.json").stat().st_mtime_ns
-    again = execute(coop_spec(), reg, data_root=str(data_root), progress=False)
+    again = execute(coop_spec(data_root), reg, data_root=str(data_root), progress=False)
     assert again.hash == first.hash and (again.dir / "metrics.json").stat().st_mtime_ns == stamp
-    forced = execute(coop_spec(), reg, data_root=str(data_root), progress=False, force=True)
+    forced = execute(coop_spec(data_root), reg, data_root=str(data_root), progress=False, force=True)
     assert (forced.dir / "metrics.json").stat().st_mtime_ns != stamp
     assert forced.metrics["base"] == first.metrics["base"]  # same seed, same result
 
@@ -78,7 +79,7 @@ print(json.dumps(run.metrics))
 
 
 def test_killed_run_resumes_to_the_same_result(data_root, tmp_path):
-    spec = coop_spec(epochs=6)
+    spec = coop_spec(data_root, epochs=6)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     args = [sys.executable, "-c", RUNNER, json.dumps(spec.to_dict()), str(tmp_path / "killed"), str(data_root)]
     killed = subprocess.run(args + ["2"], env=env, capture_output=True, timeout=300)
@@ -101,13 +102,14 @@ def test_killed_run_resumes_to_the_same_result(data_root, tmp_path):
 def test_domain_generalization_and_cross_dataset_zero_shot(data_root, tmp_path):
     reg = Registry(tmp_path / "runs")
     dg = execute(build_spec("zeroshot", "domain_generalization", ("imagenet", "imagenetv2", "imagenet_a"), shots=2,
-                            backbone=TINY),
+                            backbone=TINY, data_root=str(data_root)),
                  reg, data_root=str(data_root), progress=False)
     m = dg.metrics
     assert set(m) >= {"imagenet", "imagenetv2", "imagenet_a", "average"}
     assert m["average"] == pytest.approx((m["imagenetv2"] + m["imagenet_a"]) / 2)
     assert len(dg.load_predictions("imagenet_a")["labels"]) == 2 * 3  # the 2-class subset of ImageNet-A
-    cross = execute(build_spec("zeroshot", "cross_dataset", ("imagenet", "fgvc_aircraft"), shots=2, backbone=TINY),
+    cross = execute(build_spec("zeroshot", "cross_dataset", ("imagenet", "fgvc_aircraft"), shots=2, backbone=TINY,
+                               data_root=str(data_root)),
                     reg, data_root=str(data_root), progress=False)
     assert cross.metrics["average"] == cross.metrics["fgvc_aircraft"]
 
@@ -132,7 +134,8 @@ def test_run_command(data_root, tmp_path, capsys):
 def test_embeddings_are_stored_for_plots(data_root, tmp_path):
     from workbench.runs import load_embeddings
 
-    run = execute(build_spec("zeroshot", "few_shot", "eurosat", shots=2, backbone=TINY), Registry(tmp_path / "runs"),
+    run = execute(build_spec("zeroshot", "few_shot", "eurosat", shots=2, backbone=TINY, data_root=str(data_root)),
+                  Registry(tmp_path / "runs"),
                   data_root=str(data_root), progress=False)
     stored = load_embeddings(run.dir, "test")
     preds = run.load_predictions("test")

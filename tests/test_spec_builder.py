@@ -232,3 +232,77 @@ def test_stale_runs_are_marked_in_the_registry_the_cli_and_the_app(tmp_path, cap
         sys.path.remove(str(REPO / "app"))
     marked = dict(zip(table["run"], table["status"]))
     assert marked[legacy.short_hash].endswith("done (stale)") and not marked[fresh.short_hash].endswith("(stale)")
+
+
+@pytest.mark.parametrize("kwargs, said", [
+    ({"settings": {"train.epochs": 0}}, "train.epochs must be at least 1"),
+    ({"settings": {"train.epochs": -3}}, "train.epochs must be at least 1"),
+    ({"settings": {"train.batch_size": 0}}, "train.batch_size must be at least 1"),
+    ({"settings": {"train.lr": 0}}, "train.lr must be positive"),
+    ({"settings": {"train.crop_scale": [0.9, 0.2]}}, "train.crop_scale must be"),
+    ({"settings": {"train.optimizer": "adam"}}, "train.optimizer must be one of sgd, adamw"),
+    ({"seed": -1}, "seed must be a whole number from 0"),
+    ({"shots": 100000}, "shots must be a whole number from 1 to"),
+    ({"shots": 0}, "shots must be a whole number from 1 to"),
+    ({"datasets": "mnist"}, "unknown dataset(s) 'mnist'"),
+    ({"datasets": ("toy_objects", "toy_objects"), "protocol": "cross_dataset"}, "listed twice"),
+])
+def test_out_of_range_requests_are_refused_where_the_spec_is_built(kwargs, said):
+    kwargs = {"protocol": "base_to_novel", "datasets": "toy_objects", **kwargs}
+    with pytest.raises(SpecError) as info:
+        build_spec("coop", kwargs.pop("protocol"), kwargs.pop("datasets"), **kwargs)
+    assert said in str(info.value)
+
+
+def test_the_data_root_and_its_split_file_are_part_of_the_identity(tmp_path, monkeypatch):
+    from data_fixtures import make_eurosat
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    make_eurosat(first)
+    make_eurosat(second)
+    a = build_spec("coop", "base_to_novel", "eurosat", data_root=str(first))
+    b = build_spec("coop", "base_to_novel", "eurosat", data_root=str(second))
+    assert a.hash != b.hash and a.data_root == str(first.resolve())
+    assert build_spec("coop", "base_to_novel", "eurosat", data_root=str(first)).hash == a.hash
+    split = next((first / "eurosat").glob("split_zhou_*.json"))
+    split.write_text(split.read_text().replace("Forest", "Forest "))  # the same path, other data
+    changed = build_spec("coop", "base_to_novel", "eurosat", data_root=str(first))
+    assert changed.hash != a.hash
+    with pytest.raises(SpecError, match="changed since it was built"):
+        check_resolved(a)
+    monkeypatch.delenv("WORKBENCH_DATA", raising=False)
+    with pytest.raises(SpecError, match="needs a data root"):
+        build_spec("coop", "base_to_novel", "eurosat")
+
+
+def test_the_same_command_on_other_data_is_not_already_done(tmp_path, capsys):
+    from data_fixtures import make_eurosat
+    from workbench.cli import main
+
+    for name in ("a", "b"):
+        make_eurosat(tmp_path / name)
+    args = ["run", "--method", "zeroshot", "--dataset", "eurosat", "--backbone", "wb-tiny-vit",
+            "--registry", str(tmp_path / "runs"), "--quiet"]
+    assert main(args + ["--root", str(tmp_path / "a")]) == 0
+    assert main(args + ["--root", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "already done" not in out and out.count(": done in") == 2
+
+
+@pytest.mark.parametrize("spec_kwargs, device, said", [
+    ({}, "cuda:7", "is not available"),
+    ({}, "tpu", "is not one of"),
+    ({"backbone": "ViT-Nope-99"}, "cpu", "unknown open_clip model"),
+    ({"backbone": "ViT-B-16-quickgelu", "pretrained": "openai"}, "cpu", "cannot be downloaded"),
+])
+def test_bad_devices_and_backbones_fail_before_a_run_folder_exists(tmp_path, monkeypatch, spec_kwargs, device, said):
+    from workbench.runs import Registry
+    from workbench.runs.execute import execute
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = build_spec("coop", settings={"train.epochs": 1}, **spec_kwargs)
+    reg = Registry(tmp_path / "runs")
+    with pytest.raises(Exception) as info:
+        execute(spec, reg, device=device, progress=False)
+    assert said in str(info.value)
+    assert reg.list().empty and not list((tmp_path / "runs").glob("*/spec.json"))

@@ -5,7 +5,11 @@ Only the workbench's own run command can be started: the command is always
 `LaunchRequest` whose every field is checked against the registries first (method in
 `list_methods()`, protocol in `PROTOCOLS` with the number of datasets it declares, datasets in
 `list_manifests()`, shots in 1/2/4/8/16, seeds non-negative ints, and the whole request through the one
-spec builder, so every `--set` key and value is checked exactly as `workbench run` will check it). The process gets its own session
+spec builder, so every `--set` key and value is checked exactly as `workbench run` will check it).
+Paths are confined to the configured roots (`allowed_roots()`: the cache's models folder,
+`$WORKBENCH_DATA`, `$WORKBENCH_ALLOWED_ROOTS`): `local-dir:` backbones, pretrained weight files and
+the data root, after resolving symlinks and `..`; a refusal never says whether the path exists.
+`workbench run` itself (a trusted shell user) accepts any path. The process gets its own session
 (`start_new_session=True`, so it outlives a restarted app), stdout/stderr go to
 `<registry>/launches/<stamp>.log`, and a `<stamp>.json` record beside it says what was started.
 
@@ -15,6 +19,7 @@ spec builder, so every `--set` key and value is checked exactly as `workbench ru
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -31,6 +36,9 @@ MAX_SEEDS = 20
 LAUNCH_DIR = "launches"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+=-]*$")  # backbone / pretrained / preset names
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a pretrained tag (openai, laion2b_s34b_b79k)
+LOCAL_DIR = "local-dir:"
+ALLOWED_ROOTS_ENV = "WORKBENCH_ALLOWED_ROOTS"  # extra roots, os.pathsep-separated
 
 POPEN = subprocess.Popen  # replaced in tests
 _PROCESSES: dict[int, subprocess.Popen] = {}  # started by this process: polled to reap them and read exit codes
@@ -150,6 +158,108 @@ def request_from_form(*, method: str, protocol: str, datasets: Sequence[str] | s
 
 
 # ------------------------------------------------------------------------------------------------
+# where the app listens
+# ------------------------------------------------------------------------------------------------
+REMOTE_LAUNCH_ENV = "WORKBENCH_APP_REMOTE_LAUNCH"  # =1: launch from a non-loopback server (behind a proxy)
+
+
+def loopback_only(address: str | None) -> bool:
+    """True when streamlit's `server.address` keeps the server on this machine (unset: every interface)."""
+    address = str(address or "").strip()
+    if address == "localhost" or address.startswith("unix://"):
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serving_allowed(address: str | None) -> bool:
+    """Whether the app may launch runs when served on `address`."""
+    return loopback_only(address) or os.environ.get(REMOTE_LAUNCH_ENV) == "1"
+
+
+# ------------------------------------------------------------------------------------------------
+# paths
+# ------------------------------------------------------------------------------------------------
+def allowed_roots() -> list[Path]:
+    """Folders app-launched paths must lie in: `<cache>/models`, `$WORKBENCH_DATA` and each entry of
+    `$WORKBENCH_ALLOWED_ROOTS` (os.pathsep-separated), resolved."""
+    from workbench.paths import models_dir
+
+    raw = [str(models_dir()), os.environ.get("WORKBENCH_DATA", "")]
+    raw += os.environ.get(ALLOWED_ROOTS_ENV, "").split(os.pathsep)
+    roots: list[Path] = []
+    for item in raw:
+        if not item.strip():
+            continue
+        try:
+            root = Path(item.strip()).expanduser().resolve()
+        except (OSError, RuntimeError):
+            continue
+        if root not in roots:
+            roots.append(root)
+    return roots
+
+
+def confined_path(value: str, roots: Sequence[Path] | None = None) -> Path | None:
+    """`value` resolved (`~`, symlinks, `..`) when it lies in one of `roots`, else None. Says nothing
+    about whether the path exists."""
+    roots = allowed_roots() if roots is None else roots
+    try:
+        path = Path(value).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):  # ~unknownuser, a loop, a NUL byte
+        return None
+    return path if any(path == r or r in path.parents for r in roots) else None
+
+
+def _outside(what: str, value: str, roots: Sequence[Path]) -> str:
+    return (f"{what} {value!r} is not allowed: paths must be under the configured roots: "
+            f"{', '.join(map(str, roots))} (add folders with {ALLOWED_ROOTS_ENV})")
+
+
+def _known_tags() -> set[str]:
+    import open_clip
+
+    return {tag for _, tag in open_clip.list_pretrained()}
+
+
+def path_errors(req: LaunchRequest) -> list[str]:
+    """Problems with the paths of `req` (backbone `local-dir:`, pretrained file, data root)."""
+    roots = allowed_roots()
+    errors = []
+    if req.backbone.startswith(LOCAL_DIR):
+        folder = confined_path(req.backbone[len(LOCAL_DIR):], roots)
+        if folder is None:
+            errors.append(_outside("backbone", req.backbone, roots))
+        elif not (folder / "open_clip_config.json").is_file():
+            errors.append(f"backbone folder {str(folder)!r} has no open_clip_config.json")
+    if req.pretrained is not None:
+        # `workbench run` loads an existing file of that name before trying tags: so does this check
+        tag = bool(_TAG_RE.match(req.pretrained)) and not os.path.isfile(req.pretrained)
+        if not tag:
+            weights = confined_path(req.pretrained, roots)
+            if weights is None:
+                errors.append(_outside("pretrained", req.pretrained, roots))
+            elif not weights.is_file():
+                errors.append(f"pretrained weights file {str(weights)!r} does not exist")
+        elif req.pretrained not in _known_tags():
+            errors.append(f"pretrained {req.pretrained!r} is neither a known open_clip tag (e.g. openai) nor a "
+                          f"weights file under the configured roots: {', '.join(map(str, roots))}")
+    problem = _data_root_error(req, roots)
+    return errors + ([problem] if problem else [])
+
+
+def _data_root_error(req: LaunchRequest, roots: Sequence[Path]) -> str | None:
+    if req.data_root is None:
+        return None
+    folder = confined_path(req.data_root, roots)
+    if folder is None:
+        return _outside("data root", req.data_root, roots)
+    return None if folder.is_dir() else f"data root {req.data_root!r} is not a folder"
+
+
+# ------------------------------------------------------------------------------------------------
 # validation
 # ------------------------------------------------------------------------------------------------
 def validate(req: LaunchRequest) -> list[str]:
@@ -187,12 +297,14 @@ def validate(req: LaunchRequest) -> list[str]:
         errors.append(str(exc))
     if not req.backbone or not _NAME_RE.match(req.backbone):
         errors.append(f"backbone {req.backbone!r} is not a model name ('toy', 'wb-tiny-vit', an open_clip name)")
-    if req.pretrained is not None and not _NAME_RE.match(req.pretrained):
-        errors.append(f"pretrained {req.pretrained!r} is not a tag or file name")
+    if req.pretrained is not None and (not req.pretrained or req.pretrained.startswith("-")
+                                       or any(ord(c) < 32 for c in req.pretrained)):
+        errors.append(f"pretrained {req.pretrained!r} is not a tag or file name")  # paths: path_errors
     if req.device is not None and not _DEVICE_RE.match(req.device):
         errors.append(f"device {req.device!r} is not cpu, cuda or cuda:N")
     if req.name is not None and (len(req.name) > 200 or any(ord(c) < 32 for c in req.name)):
         errors.append("name must be a single line of at most 200 characters")
+    errors += path_errors(req)  # before the builder, which reads a local-dir folder's metadata
     if method_ok:
         cls = get_method_class(req.method)
         if req.preset is not None and req.preset not in cls.presets:
@@ -201,12 +313,11 @@ def validate(req: LaunchRequest) -> list[str]:
             try:  # the spec `workbench run` will build: every setting checked by name and type
                 build_specs([req.method], req.protocol, [req.datasets], shots=req.shots, seeds=req.seeds or (1,),
                             backbone=req.backbone, pretrained=req.pretrained,
-                            presets={req.method: req.preset} if req.preset else None, settings=list(req.settings), strict=True)
+                            presets={req.method: req.preset} if req.preset else None, settings=list(req.settings), strict=True,
+                            data_root=req.data_root)
             except (SpecError, ValueError, KeyError) as exc:
                 errors.append(f"invalid setting: {exc.args[0] if exc.args else exc}")
-    if req.data_root is not None and not Path(req.data_root).expanduser().is_dir():
-        errors.append(f"data root {req.data_root!r} is not a folder")
-    elif not unknown:
+    if _data_root_error(req, allowed_roots()) is None and not unknown:  # else reported above
         for name in req.datasets:
             manifest = load_manifest(name)
             if manifest.is_toy:
@@ -232,6 +343,26 @@ def _all_toy(datasets: Sequence[str]) -> bool:
         return all(load_manifest(d).is_toy for d in datasets)
     except KeyError:
         return False
+
+
+def existing_runs(req: LaunchRequest, registry_root: str | os.PathLike | None = None) -> dict[str, list[str]]:
+    """Short hashes of the runs of `req` already in the registry, by status: what `--force` resets
+    (everything a run wrote is deleted). Validate first."""
+    from workbench.paths import runs_dir
+    from workbench.protocols.builder import build_specs
+    from workbench.runs import Registry
+
+    specs = build_specs([req.method], req.protocol, [req.datasets], shots=req.shots, seeds=req.seeds or (1,),
+                        backbone=req.backbone, pretrained=req.pretrained,
+                        presets={req.method: req.preset} if req.preset else None, settings=list(req.settings),
+                        strict=True)
+    registry = Registry(Path(registry_root).expanduser() if registry_root is not None else runs_dir())
+    out: dict[str, list[str]] = {}
+    for spec in specs:
+        run = registry.find(spec)
+        if run is not None:
+            out.setdefault(run.status, []).append(spec.short_hash)
+    return out
 
 
 def build_command(req: LaunchRequest, registry_root: str | os.PathLike) -> list[str]:

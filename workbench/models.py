@@ -36,6 +36,38 @@ def is_embedded_scale(name: str) -> bool:
     return False
 
 
+def check_backbone(name: str, pretrained: str | None = None) -> None:
+    """Raise now what loading `name` / `pretrained` would raise (nothing is loaded or downloaded)."""
+    if name == EMBEDDED_BACKBONE:
+        if pretrained:
+            raise ValueError("the embedded 'toy' backbone has its own weights: give no --pretrained")
+        return
+    from .backbone.load import check_loadable
+
+    check_loadable(name, pretrained)
+
+
+DEVICE_FORMS = ("cpu", "cuda", "cuda:N", "mps")
+
+
+def check_device(device: str) -> None:
+    """ValueError unless `device` names a device this machine has."""
+    import re
+
+    import torch
+
+    match = re.fullmatch(r"(cpu|mps|cuda)(?::(\d+))?", str(device))
+    if not match or (match.group(1) != "cuda" and match.group(2) is not None):
+        raise ValueError(f"device {device!r} is not one of {', '.join(DEVICE_FORMS)}")
+    kind, index = match.group(1), int(match.group(2) or 0)
+    if kind == "cuda" and (not torch.cuda.is_available() or index >= torch.cuda.device_count()):
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise ValueError(f"device {device!r} is not available: this machine has {have} CUDA device(s); "
+                         "use --device cpu")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r} is not available on this machine; use --device cpu")
+
+
 def default_device() -> str:
     import torch
 

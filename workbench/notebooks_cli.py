@@ -126,14 +126,15 @@ def available_methods(methods: Sequence[str]) -> tuple[list[str], list[str]]:
 def notebook_specs(methods: Sequence[str], protocol: str, datasets: Sequence[str], shots: int | Sequence[int],
                    seeds: Sequence[int], *, backbone: str = "toy", pretrained: str | None = None,
                    epochs: int | None = None, train_settings: Mapping[str, Any] | None = None,
-                   presets: Mapping[str, str] | str | None = None) -> list:
+                   presets: Mapping[str, str] | str | None = None, data_root: str | None = None) -> list:
     """RunSpecs for methods × datasets × shots × seeds through the one spec builder
     (`workbench.protocols.build_specs`), so the same request from the shell or the demo is the same run.
 
     `train_settings` are training settings ({"epochs": 2} or {"train.epochs": 2}); `epochs` is a shortcut
     for train.epochs. Methods that train nothing (zero-shot) run once per dataset and take none of them.
     `presets` picks a preset per method ({"mmrl": "toy"}); a single name applies to every method that has
-    such a preset (the others keep the automatic choice)."""
+    such a preset (the others keep the automatic choice). `data_root` holds the real datasets (part of
+    each run's identity; default $WORKBENCH_DATA)."""
     from .protocols.builder import build_specs
 
     settings = {f"train.{k.removeprefix('train.')}": v for k, v in (train_settings or {}).items()}
@@ -141,7 +142,7 @@ def notebook_specs(methods: Sequence[str], protocol: str, datasets: Sequence[str
         settings["train.epochs"] = int(epochs)
     groups = [datasets] if isinstance(datasets, str) else list(datasets)
     return build_specs(list(methods), protocol, groups, shots=shots, seeds=list(seeds), backbone=backbone,
-                       pretrained=pretrained, presets=presets, settings=settings)
+                       pretrained=pretrained, presets=presets, settings=settings, data_root=data_root)
 
 
 def launch(specs: Sequence, registry=None, *, device: str | None = None, data_root: str | None = None,

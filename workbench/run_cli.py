@@ -51,7 +51,7 @@ def specs_from_args(args) -> list:
     return build_specs([args.method], args.protocol, [tuple(args.dataset)], shots=args.shots, seeds=args.seed,
                        backbone=args.backbone, pretrained=args.pretrained,
                        presets={args.method: args.preset} if args.preset else None, settings=args.settings,
-                       name=args.name, strict=True)
+                       name=args.name, strict=True, data_root=args.root)
 
 
 def _cmd_run(args) -> int:

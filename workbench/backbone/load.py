@@ -74,6 +74,36 @@ def _weights_help(model_name: str, tag: str, cfg: dict) -> str:
     return "\n".join(lines)
 
 
+def check_loadable(model_name: str, pretrained: str | None = None) -> None:
+    """Raise now, without loading or downloading anything, what `load_clip` would raise: an unknown
+    model, a local-dir folder without config or weights, an unknown tag, weights unavailable offline."""
+    register_workbench_configs()
+    if model_name.startswith("local-dir:"):
+        folder = Path(model_name[len("local-dir:"):])
+        if not (folder / "open_clip_config.json").is_file():
+            raise FileNotFoundError(f"{folder} has no open_clip_config.json; a local-dir model folder needs "
+                                    "open_clip_config.json and open_clip_model.safetensors")
+        if open_clip.factory._find_checkpoint_in_dir(folder) is None:
+            raise FileNotFoundError(f"{folder} has no weights file (open_clip_model.safetensors)")
+        return
+    if open_clip.get_model_config(model_name) is None:
+        raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
+    if pretrained and not os.path.isfile(pretrained):
+        _pretrained_cfg(model_name, pretrained, offline_check=True)
+
+
+def _pretrained_cfg(model_name: str, pretrained: str, offline_check: bool) -> dict:
+    cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        raise ValueError(f"'{pretrained}' is neither a file nor a known pretrained tag for {model_name}; "
+                         f"known tags: {tags}")
+    if offline_check and not (cfg.get("hf_hub") and _cached_hub_file(cfg["hf_hub"])) \
+            and (_offline_forced() or not _network_reachable()):
+        raise WeightsUnavailableError(_weights_help(model_name, pretrained, cfg))
+    return cfg
+
+
 def resolve_checkpoint(model_name: str, pretrained: str | None) -> str | None:
     """Path of the weights file to load, or None for a random init / local-dir model.
 
@@ -83,11 +113,7 @@ def resolve_checkpoint(model_name: str, pretrained: str | None) -> str | None:
         return None
     if os.path.isfile(pretrained):
         return pretrained
-    cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
-    if not cfg:
-        tags = open_clip.list_pretrained_tags_by_model(model_name)
-        raise ValueError(f"'{pretrained}' is neither a file nor a known pretrained tag for {model_name}; "
-                         f"known tags: {tags}")
+    cfg = _pretrained_cfg(model_name, pretrained, offline_check=False)
     if cfg.get("hf_hub"):
         cached = _cached_hub_file(cfg["hf_hub"])
         if cached:

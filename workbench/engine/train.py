@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from ..data.images import ImageDataset, collate_skip_none
+from ..data.images import ImageDataset, check_skipped, collate_skip_none
 from ..data.transforms import train_transform
 from ..data.types import DatasetSplits
 from .features import FeatureCache, encode_images
@@ -42,6 +42,30 @@ class TrainConfig:
     # methods with a frozen image tower (CoOp family) train on `feature_views` cached augmented views,
     # epoch e reading view e % feature_views, instead of encoding fresh crops every epoch
     cached_features: bool = False
+
+    CHOICES = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine", "constant"), "schedule_unit": ("epoch", "iter"),
+               "precision": ("amp", "bf16", "fp32")}
+
+    def __post_init__(self) -> None:
+        problems = [f"train.{k} must be one of {', '.join(v)}, got {getattr(self, k)!r}"
+                    for k, v in self.CHOICES.items() if getattr(self, k) not in v]
+        at_least = {"epochs": 1, "batch_size": 1, "warmup_epochs": 0, "eval_batch_size": 1, "num_workers": 0,
+                    "feature_views": 1, "weight_decay": 0, "warmup_lr": 0}
+        problems += [f"train.{k} must be at least {low}, got {getattr(self, k)!r}"
+                     for k, low in at_least.items() if getattr(self, k) < low]
+        if not self.lr > 0:
+            problems.append(f"train.lr must be positive, got {self.lr!r}")
+        if not 0 <= self.momentum < 1:
+            problems.append(f"train.momentum must be in [0, 1), got {self.momentum!r}")
+        if self.max_iters is not None and self.max_iters < 1:
+            problems.append(f"train.max_iters must be at least 1 (or null), got {self.max_iters!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            problems.append(f"train.grad_clip must be positive (or null), got {self.grad_clip!r}")
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            problems.append(f"train.crop_scale must be two numbers 0 < low <= high <= 1, got {self.crop_scale!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "TrainConfig":
@@ -155,7 +179,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _train_batches(method, ds: DatasetSplits, cfg: TrainConfig, seed: int, device, cache, progress=True):
-    """Returns make_loader(epoch) -> iterable of (inputs, labels), and the dataset for skip counts."""
+    """Returns make_loader(epoch) -> iterable of (inputs, labels), and what has `.skipped` (paths)."""
     backbone = method.backbone
     transform = train_transform(backbone.image_size, backbone.mean, backbone.std, scale=cfg.crop_scale, flip=cfg.flip)
     if method.trains_on_cached_features(cfg):
@@ -168,7 +192,7 @@ def _train_batches(method, ds: DatasetSplits, cfg: TrainConfig, seed: int, devic
             g = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
             return DataLoader(data, batch_size=cfg.batch_size, shuffle=True, generator=g)
 
-        return make_loader, None
+        return make_loader, enc
     dataset = ImageDataset(ds.train, ds.image_root, transform)
 
     def make_loader(epoch):
@@ -258,6 +282,7 @@ def fit(method, ds: DatasetSplits, cfg: TrainConfig, *, seed: int = 1, device: s
                 correct += int((out.logits.argmax(-1) == labels).sum())
             if progress:
                 bar.set_postfix(loss=f"{loss_value:.3f}")
+        check_skipped(image_dataset.skipped, len(ds.train), ds.name, image_root=ds.image_root)  # before the checkpoint
         method.on_epoch_end(epoch, cfg.epochs)
         record = {k: v / max(seen, 1) for k, v in totals.items()}
         record["train_acc"] = 100.0 * correct / max(seen, 1)
@@ -281,6 +306,8 @@ def _fit_closed_form(method, ds, cfg, seed, device, run, cache, result: FitResul
     transform = train_transform(backbone.image_size, backbone.mean, backbone.std, scale=cfg.crop_scale, flip=cfg.flip)
     enc = encode_images(backbone, ds.train, ds.image_root, transform, views=cfg.feature_views, seed=seed,
                         cache=cache, desc=f"{ds.name}/train features", progress=progress)
+    check_skipped(enc.skipped, len(ds.train), ds.name, image_root=ds.image_root)
+    result.skipped_images = len(enc.skipped)
     val = None
     if ds.val:
         from ..data.transforms import test_transform

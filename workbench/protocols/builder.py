@@ -63,23 +63,71 @@ def resolve_preset(method: str, protocol: str, backbone: str, dataset: str | Non
     return cls.default_preset
 
 
-def current_versions(method: str, protocol: str) -> dict[str, int]:
-    """The behaviour versions a run of `method` under `protocol` gets today."""
+def current_versions(method: str, protocol: str, backbone: str | None = None) -> dict[str, int]:
+    """The behaviour versions a run of `method` under `protocol` gets today (with the embedded `toy`
+    backbone also the version of its pretraining recipe, which decides its weights)."""
     from ..data.sampling import FEW_SHOT_SPLIT_VERSION
     from ..engine.versions import ENGINE_VERSION
 
     cls, _, info = _classes(method, protocol)
-    return {"engine": ENGINE_VERSION, "method": cls.version, "protocol": info.version,
-            "splits": FEW_SHOT_SPLIT_VERSION}
+    versions = {"engine": ENGINE_VERSION, "method": cls.version, "protocol": info.version,
+                "splits": FEW_SHOT_SPLIT_VERSION}
+    if backbone == "toy":
+        from ..data.toy.pretrain import PRETRAIN_VERSION
+
+        versions["toy_model"] = PRETRAIN_VERSION
+    return versions
+
+
+MAX_SHOTS = 1024  # more shots per class than any protocol uses; "all data" is shots=None
+MAX_SEED = 2**31 - 1
+
+
+def _file_digest(path) -> str | None:
+    import hashlib
+
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
+def data_identity(datasets: Sequence[str], data_root: str | None) -> dict:
+    """What identifies the data a run reads: the resolved data root and, per dataset, its split and
+    class files' digests (a toy dataset: its world version). SpecError for an unknown dataset or a
+    real dataset without a data root. Image bytes are covered by the feature cache's own keys."""
+    from ..data.manifests import DataRootError, list_manifests, load_manifest
+    from ..data.toy.world import WORLD_VERSION
+
+    known = list_manifests()
+    unknown = [d for d in datasets if d not in known]
+    if unknown:
+        raise SpecError(f"unknown dataset(s) {', '.join(map(repr, unknown))}; datasets: {', '.join(known)} "
+                        "(`workbench data check` says which are present)")
+    root, out = None, {}
+    for name in datasets:
+        manifest = load_manifest(name)
+        if manifest.is_toy:
+            out[name] = {"toy": WORLD_VERSION}
+            continue
+        try:
+            resolved = manifest.resolve_root(data_root).resolve()
+        except DataRootError as exc:
+            raise SpecError(str(exc)) from None
+        root = str(resolved)
+        folder = resolved / manifest.folder
+        files = [manifest.split.file] + [manifest.split.get(k) for k in ("classnames_file", "variants_file")]
+        out[name] = {f: _file_digest(folder / f) for f in files if f}
+    return {"root": root, "datasets": out}
 
 
 def stale_reason(spec: RunSpec) -> str | None:
     """Why a recorded run would not be reused today (None when it would): made by an older format or
-    an older engine / method / protocol / split version."""
+    an older engine / method / protocol / split / toy-model version."""
     if spec.is_legacy:
         return "made before runs recorded their resolved settings"
     try:
-        now = current_versions(spec.method, spec.protocol)
+        now = current_versions(spec.method, spec.protocol, spec.backbone)
     except (KeyError, ValueError) as exc:
         return f"not runnable here ({exc})"
     changed = [f"{k} {spec.versions.get(k)} → {v}" for k, v in now.items() if spec.versions.get(k) != v]
@@ -140,8 +188,10 @@ def _coerced(values: Mapping[str, Any], types: Mapping[str, Any], ns: str) -> di
 def build_spec(method: str, protocol: str = "base_to_novel", datasets: str | Sequence[str] = "toy_objects", *,
                shots: int | None = 16, seed: int = 1, backbone: str = "toy", pretrained: str | None = None,
                preset: str | None = None, settings: Mapping[str, Any] | Iterable[str] | None = None,
-               name: str | None = None, _resolved: bool = False) -> RunSpec:
-    """The RunSpec of one run, with every setting resolved and checked (see the module doc)."""
+               data_root: str | None = None, name: str | None = None, _resolved: bool = False,
+               _data: dict | None = None) -> RunSpec:
+    """The RunSpec of one run, with every setting resolved and checked (see the module doc).
+    `data_root` holds the real datasets (default: $WORKBENCH_DATA); it is part of the run's identity."""
     try:
         cls, train_cls, info = _classes(method, protocol)
     except KeyError as exc:
@@ -150,6 +200,13 @@ def build_spec(method: str, protocol: str = "base_to_novel", datasets: str | Seq
     problem = info.dataset_count_error(len(datasets))
     if problem:
         raise SpecError(problem)
+    if len(set(datasets)) != len(datasets):
+        raise SpecError(f"a dataset is listed twice: {', '.join(datasets)}")
+    if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int) or not 1 <= shots <= MAX_SHOTS):
+        raise SpecError(f"shots must be a whole number from 1 to {MAX_SHOTS} (or none for all data), got {shots!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise SpecError(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
+    data = data_identity(datasets, data_root) if _data is None else _data
     preset = preset or resolve_preset(method, protocol, backbone, datasets[0], shots if cls.trainable else None)
     if cls.presets and preset not in cls.presets:
         raise SpecError(f"{method} has no preset {preset!r}; presets: {', '.join(sorted(cls.presets))}")
@@ -173,15 +230,15 @@ def build_spec(method: str, protocol: str = "base_to_novel", datasets: str | Seq
         shots, seed = None, 1
     return RunSpec(method=method, protocol=protocol, datasets=datasets, shots=shots, seed=seed, backbone=backbone,
                    pretrained=pretrained, preset=preset, method_config=method_config, train_config=train_config,
-                   protocol_settings=protocol_settings, versions=current_versions(method, protocol),
-                   settings={} if _resolved else {k: v for k, v in flat.items()}, name=name)
+                   protocol_settings=protocol_settings, versions=current_versions(method, protocol, backbone),
+                   data=data, settings={} if _resolved else {k: v for k, v in flat.items()}, name=name)
 
 
 def build_specs(methods: Sequence[str], protocol: str, dataset_groups: Sequence[str | Sequence[str]], *,
                 shots: int | None | Sequence[int | None] = 16, seeds: Sequence[int] = (1,), backbone: str = "toy",
                 pretrained: str | None = None, presets: Mapping[str, str] | str | None = None,
                 settings: Mapping[str, Any] | Iterable[str] | None = None, name: str | None = None,
-                strict: bool = False) -> list[RunSpec]:
+                strict: bool = False, data_root: str | None = None) -> list[RunSpec]:
     """Specs for methods × dataset groups × shots × seeds, in that order, each built by `build_spec`,
     without duplicates (a method that trains nothing is one run per dataset group).
 
@@ -209,7 +266,8 @@ def build_specs(methods: Sequence[str], protocol: str, dataset_groups: Sequence[
             for k in shot_list:
                 for seed in seeds:
                     spec = build_spec(method, protocol, group, shots=k, seed=int(seed), backbone=backbone,
-                                      pretrained=pretrained, preset=preset, settings=method_settings, name=name)
+                                      pretrained=pretrained, preset=preset, settings=method_settings,
+                                      data_root=data_root, name=name)
                     specs.setdefault(spec.hash, spec)
     return list(specs.values())
 
@@ -222,12 +280,15 @@ def check_resolved(spec: RunSpec) -> None:
                         "for reading, but cannot be re-run: build a new spec with build_spec(...)")
     rebuilt = build_spec(spec.method, spec.protocol, spec.datasets, shots=spec.shots, seed=spec.seed,
                          backbone=spec.backbone, pretrained=spec.pretrained, preset=spec.preset,
-                         settings=spec.resolved_settings(), _resolved=True)
+                         settings=spec.resolved_settings(), data_root=spec.data_root, _resolved=True)
     if rebuilt.hash == spec.hash:
         return
     reason = stale_reason(spec)
     if reason:
         raise SpecError(f"spec {spec.short_hash} is stale ({reason}); build it again with build_spec(...)")
+    if rebuilt.data != spec.data:
+        raise SpecError(f"the data of spec {spec.short_hash} changed since it was built (split or class files "
+                        f"under {spec.data_root}); build it again with build_spec(...)")
     missing = {f"{ns}.{k}" for ns, mine, full in (("method", spec.method_config, rebuilt.method_config),
                                                   ("train", spec.train_config, rebuilt.train_config))
                for k in full if k not in mine}
@@ -244,7 +305,7 @@ def differences_from_preset(method: str, protocol: str, datasets: Sequence[str],
     from .runspec import canonicalize
 
     try:
-        base = build_spec(method, protocol, datasets, backbone=backbone, preset=preset, _resolved=True)
+        base = build_spec(method, protocol, datasets, backbone=backbone, preset=preset, _resolved=True, _data={})
     except (SpecError, KeyError, ValueError):
         return {}
     out = {}

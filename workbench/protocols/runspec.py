@@ -85,6 +85,8 @@ class RunSpec:
     preset: the method preset the settings were resolved from (recorded; its values are in the configs).
     method_config / train_config / protocol_settings: the resolved settings (flat dicts of fields).
     versions: behaviour versions {"engine", "method", "protocol", "splits"} at build time.
+    data: the data's identity: {"root": the resolved data root (None for toy data only), "datasets":
+        {name: {"toy": world version} or {"split": sha256 of its split/class files}}}.
     settings: the flat settings the user gave explicitly (display only; not hashed).
     name: free display label; not hashed.
     """
@@ -101,6 +103,7 @@ class RunSpec:
     train_config: dict = field(default_factory=dict)
     protocol_settings: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict, compare=False)
     name: str | None = field(default=None, compare=False)
     legacy: dict | None = field(default=None, compare=False, repr=False)  # payload of an old-format spec
@@ -134,7 +137,7 @@ class RunSpec:
         for attr in ("pretrained", "preset"):
             if getattr(self, attr) is not None and not isinstance(getattr(self, attr), str):
                 raise ValueError(f"RunSpec.{attr} must be a string or None")
-        for attr in ("method_config", "train_config", "protocol_settings", "versions", "settings"):
+        for attr in ("method_config", "train_config", "protocol_settings", "versions", "data", "settings"):
             value = getattr(self, attr)
             if value is None:
                 value = {}
@@ -160,6 +163,11 @@ class RunSpec:
     @property
     def short_hash(self) -> str:
         return self.hash[:SHORT_HASH_LEN]
+
+    @property
+    def data_root(self) -> str | None:
+        """The data root the run reads its (non-toy) datasets from, as resolved when it was built."""
+        return self.data.get("root")
 
     @property
     def is_legacy(self) -> bool:
@@ -217,6 +225,7 @@ class RunSpec:
             "train_config": copy.deepcopy(self.train_config),
             "protocol_settings": copy.deepcopy(self.protocol_settings),
             "versions": copy.deepcopy(self.versions),
+            "data": copy.deepcopy(self.data),
             "settings": copy.deepcopy(self.settings),
             "name": self.name,
         }

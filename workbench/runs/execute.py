@@ -29,11 +29,14 @@ def execute(spec: RunSpec, registry: Registry | None = None, *, device: str | No
 
     info = get_protocol(spec.protocol)
     check_resolved(spec)
+    data_root = _data_root_for(spec, data_root)
+    device = device or default_device()
+    preflight(spec, device)
     registry = registry or Registry()
     run = registry.create_or_get(spec)
     if not registry.should_run(spec, force=force):
         return run
-    ctx = RunContext(spec, run, device or default_device(), data_root, cache or FeatureCache(), progress)
+    ctx = RunContext(spec, run, device, data_root, cache or FeatureCache(), progress)
     with run.running():
         ctx.backbone = load_backbone(spec.backbone, spec.pretrained, device=ctx.device)
         run.log(f"backbone {ctx.backbone.model_id} on {ctx.device}")
@@ -45,6 +48,29 @@ def execute(spec: RunSpec, registry: Registry | None = None, *, device: str | No
         run.write_metrics(metrics)
         run.set_progress(1.0, "done")
     return run
+
+
+def _data_root_for(spec: RunSpec, data_root: str | None) -> str | None:
+    """The spec's own data root (part of its identity); a different one given here is an error."""
+    from pathlib import Path
+
+    from workbench.protocols.builder import SpecError
+
+    if data_root is None or spec.data_root is None:
+        return spec.data_root if data_root is None else data_root
+    if str(Path(data_root).expanduser().resolve()) != spec.data_root:
+        raise SpecError(f"spec {spec.short_hash} was built for the data under {spec.data_root}, not {data_root}: "
+                        "build the spec with this data root (it is part of the run's identity)")
+    return spec.data_root
+
+
+def preflight(spec: RunSpec, device: str) -> None:
+    """Refuse, before any run folder exists, what would only fail inside the run: a device that is not
+    there, an unknown backbone, weights that cannot be had offline."""
+    from workbench.models import check_backbone, check_device
+
+    check_device(device)
+    check_backbone(spec.backbone, spec.pretrained)
 
 
 @dataclass

@@ -112,3 +112,49 @@ def test_a_vision_extension_turns_cached_features_off_and_is_evaluated(tiny_back
         assert not torch.allclose(torch.from_numpy(adapted.logits), torch.from_numpy(plain.logits), atol=1e-3)
     finally:
         tiny_backbone.clear_extensions()
+
+
+def _corrupt_train(ds, n=1):
+    for s in ds.train[:n]:
+        (ds.image_root / s.path).write_bytes(b"truncated jpeg")
+    return [s.path for s in ds.train[:n]]
+
+
+def test_skipped_training_images_are_counted_on_every_path(tiny_backbone, color_dataset, tmp_path, monkeypatch):
+    import warnings
+
+    _corrupt_train(color_dataset)  # 1 of 15
+    monkeypatch.setenv("WORKBENCH_MAX_SKIPPED_FRACTION", "0.1")
+    counts = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for cached in (False, True):
+            tiny_backbone.clear_extensions()
+            cfg = TrainConfig.from_dict({**DETERMINISTIC, "epochs": 1, "cached_features": cached, "feature_views": 1})
+            counts[cached] = fit(_coop(tiny_backbone, color_dataset), color_dataset, cfg, progress=False,
+                                 cache=FeatureCache(tmp_path)).skipped_images
+        tiny_backbone.clear_extensions()
+        probe = build_method("linear_probe", tiny_backbone, ClassTask.from_splits(color_dataset))
+        counts["closed form"] = fit(probe, color_dataset, TrainConfig(feature_views=1), progress=False,
+                                    cache=FeatureCache(tmp_path)).skipped_images
+    tiny_backbone.clear_extensions()
+    assert counts == {False: 1, True: 1, "closed form": 1}
+
+
+def test_too_many_unreadable_training_images_fail_with_what_to_do(tiny_backbone, color_dataset, tmp_path, monkeypatch):
+    import warnings
+
+    import pytest
+
+    from workbench.data.images import TooManyUnreadableImagesError
+
+    bad = _corrupt_train(color_dataset)  # 1 of 15 = 6.7%, over the default 5%
+    for cached in (False, True):
+        tiny_backbone.clear_extensions()
+        cfg = TrainConfig.from_dict({**DETERMINISTIC, "epochs": 1, "cached_features": cached, "feature_views": 1})
+        with warnings.catch_warnings(), pytest.raises(TooManyUnreadableImagesError) as err:
+            warnings.simplefilter("ignore")
+            fit(_coop(tiny_backbone, color_dataset), color_dataset, cfg, progress=False, cache=FeatureCache(tmp_path))
+        assert (f"1 of 15 training images of colors could not be read (e.g. {color_dataset.image_root / bad[0]}): "
+                "run `workbench data check --dataset colors`") in str(err.value)
+    tiny_backbone.clear_extensions()

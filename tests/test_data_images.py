@@ -145,3 +145,39 @@ def test_dataloader_workers_bypass_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(images_mod, "get_worker_info", lambda: None)
     cache.get(path), cache.get(path)
     assert (cache.hits, cache.misses) == (1, 1)
+
+
+def test_decoded_image_cache_sees_a_rewrite_with_size_and_mtime_kept(tmp_path):
+    import os
+
+    from workbench.data.images import DecodedImageCache
+
+    path = tmp_path / "a.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(path, compress_level=0)
+    os.utime(path, ns=(10**18, 10**18))
+    cache = DecodedImageCache(max_bytes=2**20)
+    assert cache.get(path).getpixel((0, 0)) == (1, 2, 3)
+    size = path.stat().st_size
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(path, compress_level=0)
+    os.utime(path, ns=(10**18, 10**18))
+    assert path.stat().st_size == size
+    assert cache.get(path).getpixel((0, 0)) == (9, 9, 9)
+
+
+def test_check_skipped_threshold_and_env(monkeypatch):
+    import pytest
+
+    from workbench.data.images import TooManyUnreadableImagesError, check_skipped
+
+    check_skipped(["a.jpg"], 20, "eurosat")  # 5%: at the limit, allowed
+    with pytest.raises(TooManyUnreadableImagesError, match=r"2 of 20 training images of eurosat could not be read "
+                       r"\(e.g. /d/a.jpg\): run `workbench data check --dataset eurosat`"):
+        check_skipped(["a.jpg", "b.jpg"], 20, "eurosat_base", image_root="/d")
+    monkeypatch.setenv("WORKBENCH_MAX_SKIPPED_FRACTION", "0.5")
+    check_skipped(["a.jpg"] * 10, 20, "eurosat")
+    monkeypatch.setenv("WORKBENCH_MAX_SKIPPED_FRACTION", "0")
+    with pytest.raises(TooManyUnreadableImagesError):
+        check_skipped(["a.jpg"], 1000, "eurosat")
+    monkeypatch.setenv("WORKBENCH_MAX_SKIPPED_FRACTION", "lots")
+    with pytest.raises(ValueError, match="WORKBENCH_MAX_SKIPPED_FRACTION"):
+        check_skipped([], 10, "eurosat")

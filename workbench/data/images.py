@@ -10,10 +10,14 @@ processes) did the reading: `dataset.skipped` merges both.
 
 Decoded images are kept in memory (`DecodedImageCache`, bounded by WORKBENCH_IMAGE_CACHE_MB,
 default 1024; 0 turns it off): few-shot training reads the same few images every epoch.
+
+`check_skipped` fails a split when more than WORKBENCH_MAX_SKIPPED_FRACTION (default 0.05) of its
+images could not be read, saying which command finds them.
 """
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import warnings
 from collections import OrderedDict
@@ -40,7 +44,8 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
 class DecodedImageCache:
     """Decoded RGB images in memory, least recently used evicted first, within `max_bytes`.
 
-    Keyed by path, modification time and size, so a file that changes is decoded again. Cached
+    Keyed by path, modification time, size, inode and change time (which every write sets and
+    `os.utime` cannot restore), so a file that changes is decoded again. Cached
     images are shared: transforms must return new images (torchvision's do), never edit in place.
     DataLoader worker processes bypass it: they end with their epoch, so a copy per worker would
     only multiply the memory.
@@ -56,7 +61,7 @@ class DecodedImageCache:
         if self.max_bytes == 0 or get_worker_info() is not None:
             return open_rgb(path)
         st = os.stat(path)
-        key = (os.fspath(path), st.st_mtime_ns, st.st_size)
+        key = (os.fspath(path), st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
         item = self._items.get(key)
         if item is not None:
             self._items.move_to_end(key)
@@ -171,6 +176,34 @@ def collate_skip_none(batch: list):
     return default_collate(batch)
 
 
+class TooManyUnreadableImagesError(RuntimeError):
+    """More than the allowed fraction of a split's images could not be read."""
+
+
+DEFAULT_MAX_SKIPPED_FRACTION = 0.05
+
+
+def max_skipped_fraction() -> float:
+    raw = os.environ.get("WORKBENCH_MAX_SKIPPED_FRACTION", "")
+    try:
+        return float(raw) if raw.strip() else DEFAULT_MAX_SKIPPED_FRACTION
+    except ValueError:
+        raise ValueError(f"WORKBENCH_MAX_SKIPPED_FRACTION must be a number (a fraction, e.g. 0.05), got {raw!r}") from None
+
+
+def check_skipped(skipped: Sequence[str], total: int, dataset: str, what: str = "training",
+                  image_root: str | os.PathLike | None = None) -> None:
+    """Raise TooManyUnreadableImagesError when more than `max_skipped_fraction()` of `total` were skipped."""
+    limit = max_skipped_fraction()
+    if total and len(skipped) > limit * total:
+        example = Path(image_root) / skipped[0] if image_root is not None else skipped[0]
+        name = re.sub(r"_(base|new)$", "", dataset)  # base-to-novel halves are named <dataset>_base/_new
+        raise TooManyUnreadableImagesError(
+            f"{len(skipped)} of {total} {what} images of {name} could not be read (e.g. {example}): "
+            f"run `workbench data check --dataset {name}` (more than {limit:g} of them; "
+            "WORKBENCH_MAX_SKIPPED_FRACTION sets the limit)")
+
+
 def check_image(path: str | os.PathLike) -> str | None:
     """None if the file decodes, else a short reason ("missing", or the error)."""
     p = Path(path)
@@ -184,4 +217,4 @@ def check_image(path: str | os.PathLike) -> str | None:
 
 
 __all__ = ["ImageDataset", "DecodedImageCache", "decoded_images", "collate_skip_none", "check_image", "open_rgb",
-           "UnreadableImageWarning"]
+           "UnreadableImageWarning", "TooManyUnreadableImagesError", "check_skipped", "max_skipped_fraction"]

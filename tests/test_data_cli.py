@@ -76,3 +76,27 @@ def test_check_all_does_not_fail(tmp_path, capsys, monkeypatch):
     assert str(tmp_path / "toys" / "toy_vocab") in out  # toys looked up under the toy root
     rc, out = run(["data", "prepare", "--root", str(tmp_path), "--shots", "1", "--seeds", "1"], capsys)
     assert "eurosat: written" in out and "imagenet_a: skipped" in out and "dtd: missing" in out
+
+
+def test_check_without_a_root_says_how_to_give_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("WORKBENCH_DATA", raising=False)
+    monkeypatch.setenv("WORKBENCH_TOY_DATA", str(tmp_path / "toys"))
+    rc, out = run(["data", "check", "--verify", "none"], capsys)
+    assert rc == 1  # nothing found to check
+    assert "eurosat (EuroSAT): NOT CHECKED, needs a data root (holding eurosat/)" in out
+    assert out.count("needs a data root") == 15 and "problem: dataset" not in out
+    assert out.count("--root DIR or set WORKBENCH_DATA=DIR") == 1
+    assert "toy_objects (Toy objects): MISSING" in out and "15 not checked" in out
+    # the toy datasets present: they are checked, and that is a result
+    make_toy(tmp_path / "toys")
+    rc, out = run(["data", "check", "--verify", "none"], capsys)
+    assert rc == 0 and "toy_objects (Toy objects): OK" in out and out.count("needs a data root") == 15
+    # one dataset named without a root: not checked, non-zero
+    rc, out = run(["data", "check", "--dataset", "dtd"], capsys)
+    assert rc == 1 and "dtd (DTD): NOT CHECKED" in out
+
+
+def test_check_of_an_empty_root_fails(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_TOY_DATA", str(tmp_path / "toys"))
+    rc, out = run(["data", "check", "--root", str(tmp_path), "--verify", "none"], capsys)
+    assert rc == 1 and "summary: 18 missing" in out

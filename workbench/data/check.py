@@ -45,6 +45,7 @@ class DatasetReport:
     fewshot_files: int = 0
     problems: list[str] = field(default_factory=list)
     next_steps: list[str] = field(default_factory=list)
+    needs_root: bool = False  # not checked: no data root was given
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,6 +80,7 @@ def check_dataset(
         data_root = _root_for(m, root, explicit)
     except DataRootError as e:
         rep.status = "error"
+        rep.needs_root = True
         rep.problems.append(str(e))
         rep.next_steps.append(f"pass --root DIR or set WORKBENCH_DATA=DIR (DIR holds {m.folder}/)")
         return rep
@@ -195,9 +197,20 @@ def check_all(
     return [check_dataset(n, root, verify=verify, sample_size=sample_size, explicit=explicit) for n in todo]
 
 
+def nothing_checked(reports: Sequence[DatasetReport]) -> bool:
+    """True when no dataset was found to check (all need a root or are missing)."""
+    return all(r.needs_root or r.status == "missing" for r in reports)
+
+
 def format_reports(reports: Iterable[DatasetReport]) -> str:
+    reports = list(reports)
     lines = []
+    rootless = [r for r in reports if r.needs_root]
     for r in reports:
+        if r.needs_root:
+            folder = load_manifest(r.name).folder
+            lines.append(f"{r.name} ({r.display_name}): NOT CHECKED, needs a data root (holding {folder}/)")
+            continue
         lines.append(f"{r.name} ({r.display_name}): {r.status.upper()}")
         if r.dataset_dir:
             lines.append(f"  folder: {r.dataset_dir}")
@@ -217,9 +230,13 @@ def format_reports(reports: Iterable[DatasetReport]) -> str:
             first, *rest = s.splitlines()
             lines.append(f"  next: {first}")
             lines.extend(f"        {x}" for x in rest)
+    if rootless:
+        lines.append(f"{len(rootless)} dataset(s) not checked: give the data root with --root DIR or set "
+                     "WORKBENCH_DATA=DIR (DIR holds the dataset folders in the CoOp layout)")
     counts = {}
     for r in reports:
-        counts[r.status] = counts.get(r.status, 0) + 1
+        status = "not checked" if r.needs_root else r.status
+        counts[status] = counts.get(status, 0) + 1
     if counts:
         lines.append("summary: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     return "\n".join(lines)

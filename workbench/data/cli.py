@@ -27,7 +27,8 @@ def add_commands(subparsers) -> None:
     )
     c.add_argument("--sample-size", type=int, default=1000, help="images decoded per dataset with --verify sample")
     c.add_argument("--json", action="store_true", help="print the reports as JSON")
-    c.add_argument("--strict", action="store_true", help="exit 1 if any checked dataset is not OK")
+    c.add_argument("--strict", action="store_true",
+                   help="exit 1 if any checked dataset is not OK (it always does when no dataset was found)")
     c.set_defaults(func=_cmd_check)
 
     pr = sub.add_parser("prepare", help="write the CoOp few-shot split files (split_fewshot/shot_K-seed_S.json)")
@@ -55,7 +56,7 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from workbench.data.check import check_all, format_reports
+    from workbench.data.check import check_all, format_reports, nothing_checked
 
     reports = check_all(_root(args), args.dataset, verify=args.verify, sample_size=args.sample_size)
     if args.json:
@@ -63,7 +64,7 @@ def _cmd_check(args) -> int:
     else:
         print(format_reports(reports))
     bad = any(r.status != "ok" for r in reports)
-    return 1 if bad and (args.strict or args.dataset) else 0
+    return 1 if (bad and (args.strict or args.dataset)) or nothing_checked(reports) else 0
 
 
 def _cmd_prepare(args) -> int:

@@ -158,3 +158,36 @@ def test_too_many_unreadable_training_images_fail_with_what_to_do(tiny_backbone,
         assert (f"1 of 15 training images of colors could not be read (e.g. {color_dataset.image_root / bad[0]}): "
                 "run `workbench data check --dataset colors`") in str(err.value)
     tiny_backbone.clear_extensions()
+
+
+def test_a_missing_class_folder_fails_the_run_or_is_counted_in_its_metrics(tmp_path, monkeypatch):
+    import shutil
+    import warnings
+
+    import pytest
+
+    from workbench.protocols import build_spec
+    from workbench.runs import Registry
+    from workbench.runs.execute import execute
+
+    try:
+        from data_fixtures import make_eurosat
+    except ImportError:
+        from tests.data_fixtures import make_eurosat
+
+    shutil.rmtree(make_eurosat(tmp_path, corrupt=False) / "2750" / "Forest")  # a base class: 4 of 12 shots gone
+    spec = build_spec("coop", "base_to_novel", "eurosat", shots=4, seed=1, backbone="wb-tiny-vit", preset="toy",
+                      data_root=str(tmp_path), settings={"train.epochs": 1, "train.batch_size": 4,
+                                                         "train.cached_features": True, "train.feature_views": 1})
+    reg = Registry(tmp_path / "runs")
+    with warnings.catch_warnings(), pytest.raises(Exception, match=r"4 of 12 training images of eurosat could not be "
+                                                                   r"read .*workbench data check --dataset eurosat"):
+        warnings.simplefilter("ignore")
+        execute(spec, reg, data_root=str(tmp_path), progress=False)
+    assert reg.find(spec).status == "failed"
+    monkeypatch.setenv("WORKBENCH_MAX_SKIPPED_FRACTION", "0.5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = execute(spec, reg, data_root=str(tmp_path), progress=False)
+    assert run.status == "done"
+    assert run.metrics["skipped_train_images"] == 4 and run.metrics["base_skipped_images"] == 2

@@ -3,7 +3,8 @@
 Pages (app/views/, registered with st.navigation; not `pages/`, which Streamlit would also
 auto-discover): Runs (the registry, live progress), Launch (start `workbench run` in the background),
 Results (ours beside the papers), Run detail (curves, similarities, embeddings, confusion). The registry is `$WORKBENCH_RUNS` (default `workbench.paths.runs_dir()`). The app holds no
-method logic: it calls `workbench.runs`, `workbench.analysis` and `workbench.runs.launcher`.
+method logic: it calls `workbench.runs`, `workbench.analysis` and `workbench.launcher`.
+Served on 127.0.0.1 by `.streamlit/config.toml` when started from the repository root.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ if str(APP_DIR) not in sys.path:  # `appcore` lives beside this file
 import streamlit as st  # noqa: E402
 
 import appcore  # noqa: E402
+from workbench import launcher  # noqa: E402
 
 st.set_page_config(page_title="CLIP Adaptation Workbench", page_icon="🧪", layout="wide")
 
@@ -30,5 +32,9 @@ PAGES = [
 page = st.navigation(PAGES)
 with st.sidebar:
     st.caption("CLIP Adaptation Workbench")
+    address = st.get_option("server.address")
+    if not launcher.loopback_only(address):  # e.g. started outside the repo root: no .streamlit/config.toml
+        st.warning(f"Listening on `{address or 'every interface'}`, not only localhost"
+                   + ("." if launcher.serving_allowed(address) else ": launching is off."))
     st.caption(f"Registry: `{appcore.runs_root()}`")
 page.run()

@@ -260,6 +260,9 @@ def fill_form(at: AppTest, **values) -> AppTest:
     at.text_area(key="l_settings").input(values.get("settings", "train.epochs=1\n# a comment\n\nmethod.n_ctx=2"))
     if "root" in values:
         at.text_input(key="l_root").input(values["root"])
+    if "preset" in values:
+        at.selectbox(key="l_preset").set_value(values["preset"])
+    at.checkbox(key="l_force").set_value(values.get("force", False))
     at.form_submit_button[0].click().run()
     no_exceptions(at)
     return at
@@ -277,6 +280,9 @@ def test_launch_form_rejects_invalid_input(monkeypatch, tmp_path, fake_popen, po
     assert "base_to_novel takes exactly one dataset" in at.error[0].value
     fill_form(at, settings="train.epochs", seeds="1")
     assert "not KEY=VALUE" in at.error[0].value
+    fill_form(at, settings="", seeds="1", root=str(tmp_path / "nowhere"))  # outside the configured roots
+    assert "paths must be under the configured roots" in at.error[0].value
+    monkeypatch.setenv(launcher.ALLOWED_ROOTS_ENV, str(tmp_path))
     fill_form(at, settings="", seeds="1", root=str(tmp_path / "nowhere"))
     assert "is not a folder" in at.error[0].value
     fill_form(at, settings="", seeds="1", root=str(tmp_path), datasets=["eurosat"])  # no eurosat under it
@@ -310,8 +316,9 @@ def test_launch_form_starts_the_run_command(monkeypatch, tmp_path, fake_popen, p
     assert launches["pid"].tolist() == [424242] and launches["state"].tolist() == ["running"]
 
 
-def test_launcher_builds_only_the_run_command(tmp_path, populated):
+def test_launcher_builds_only_the_run_command(monkeypatch, tmp_path, populated):
     _, _, data = populated
+    monkeypatch.setenv("WORKBENCH_DATA", str(data))  # a configured root
     req = launcher.request_from_form(method="zeroshot", protocol="cross_dataset", datasets=["toy_objects", "toy_vocab"],
                                      shots="4", seeds="3, 1", backbone="toy", pretrained="", preset="(auto)",
                                      settings="", name="--force; rm -rf /")
@@ -344,3 +351,93 @@ def test_launcher_builds_only_the_run_command(tmp_path, populated):
     with pytest.raises(launcher.LaunchError) as info:
         launcher.launch(launcher.LaunchRequest(method="nope", protocol="few_shot", datasets=("mnist",)), tmp_path)
     assert len(info.value.errors) == 2 and not (tmp_path / "launches").exists()
+
+
+FORCE_FORM = dict(seeds="1", preset="toy", settings="train.epochs=2\ntrain.batch_size=4", force=True)
+
+
+def finished_run(root: Path, data: Path, status: str = "done", seed: int = 1):
+    """A run in `root` with exactly the spec the form FORCE_FORM builds (for `seed`)."""
+    from workbench.protocols.builder import build_specs
+
+    (spec,) = build_specs(["coop"], "base_to_novel", [("eurosat",)], shots=2, seeds=(seed,), backbone="wb-tiny-vit",
+                          presets={"coop": "toy"}, settings=["train.epochs=2", "train.batch_size=4"], strict=True,
+                          data_root=str(data))
+    run = Registry(root).create_or_get(spec)
+    run.set_status(status)
+    return run
+
+
+def test_rerun_if_done_asks_before_deleting_finished_runs(monkeypatch, tmp_path, fake_popen, populated):
+    _, _, data = populated
+    root = tmp_path / "runs"
+    at = app(monkeypatch, root, data_root=data)  # sets WORKBENCH_DATA, which the spec builder reads
+    run = finished_run(root, data)
+    at.run()
+    at.switch_page("views/launch.py").run()
+    fill_form(at, **FORCE_FORM)
+    assert not fake_popen.calls and not at.success  # nothing started yet
+    (warning,) = at.warning
+    assert "delete and recompute **1 finished run(s)**" in warning.value and run.short_hash in warning.value
+    assert at.button(key="l_force_confirm").label == "Delete and recompute 1 finished run(s)"
+    at.button(key="l_force_cancel").click().run()
+    no_exceptions(at)
+    assert not fake_popen.calls and not at.warning and Registry(root).get(run.hash).status == "done"
+
+    fill_form(at, **FORCE_FORM)
+    at.button(key="l_force_confirm").click().run()
+    no_exceptions(at)
+    ((args, _),) = fake_popen.calls
+    assert args[-3:] == ["--force", f"--registry={root.resolve()}", "--quiet"]
+    assert "Started `workbench run`" in at.success[0].value and not at.warning
+
+
+def test_rerun_if_done_names_other_runs_it_resets_and_skips_asking_when_none_exist(monkeypatch, tmp_path, fake_popen,
+                                                                                  populated):
+    _, _, data = populated
+    root = tmp_path / "runs"
+    at = app(monkeypatch, root, data_root=data).run()
+    at.switch_page("views/launch.py").run()
+    fill_form(at, **FORCE_FORM)  # no run of this request exists: nothing to confirm, nothing to force
+    ((args, _),) = fake_popen.calls
+    assert "--force" not in args and not at.warning
+
+    fake_popen.calls.clear()
+    run = finished_run(root, data, status="interrupted")
+    fill_form(at, **FORCE_FORM)
+    assert not fake_popen.calls
+    assert "**0 finished run(s)**" in at.warning[0].value and "1 interrupted run(s)" in at.warning[0].value
+    assert run.short_hash in at.warning[0].value
+    assert at.button(key="l_force_confirm").label == "Delete and recompute 1 existing run(s)"
+
+
+def test_rerun_if_done_asks_again_when_more_runs_finished_meanwhile(monkeypatch, tmp_path, fake_popen, populated):
+    _, _, data = populated
+    root = tmp_path / "runs"
+    at = app(monkeypatch, root, data_root=data)
+    finished_run(root, data, seed=1)
+    at.run()
+    at.switch_page("views/launch.py").run()
+    fill_form(at, **{**FORCE_FORM, "seeds": "1 2"})
+    assert "**1 finished run(s)**" in at.warning[0].value
+    later = finished_run(root, data, seed=2)  # finishes before the click
+    at.button(key="l_force_confirm").click().run()
+    no_exceptions(at)
+    assert not fake_popen.calls and "**2 finished run(s)**" in at.warning[0].value and later.short_hash in at.warning[0].value
+    at.button(key="l_force_confirm").click().run()
+    assert len(fake_popen.calls) == 1 and "--force" in fake_popen.calls[0][0]
+
+
+def test_rerun_if_done_counts_the_runs_of_the_data_root_in_the_form(monkeypatch, tmp_path, fake_popen, populated):
+    """The data root is part of a run's identity: the count uses the form's root, not WORKBENCH_DATA."""
+    _, _, data = populated
+    other = tmp_path / "other_data"
+    make_eurosat(other)
+    monkeypatch.setenv(launcher.ALLOWED_ROOTS_ENV, str(tmp_path))
+    root = tmp_path / "runs"
+    at = app(monkeypatch, root, data_root=data)
+    run = finished_run(root, other)
+    at.run()
+    at.switch_page("views/launch.py").run()
+    fill_form(at, **FORCE_FORM, root=str(other))
+    assert not fake_popen.calls and run.short_hash in at.warning[0].value

@@ -225,7 +225,7 @@ def _known_tags() -> set[str]:
 
 
 def path_errors(req: LaunchRequest) -> list[str]:
-    """Problems with the paths of `req` (backbone `local-dir:`, pretrained file, data root)."""
+    """Problems with the paths of `req` (backbone `local-dir:`, pretrained file, template set, data root)."""
     roots = allowed_roots()
     errors = []
     if req.backbone.startswith(LOCAL_DIR):
@@ -246,6 +246,14 @@ def path_errors(req: LaunchRequest) -> list[str]:
         elif req.pretrained not in _known_tags():
             errors.append(f"pretrained {req.pretrained!r} is neither a known open_clip tag (e.g. openai) nor a "
                           f"weights file under the configured roots: {', '.join(map(str, roots))}")
+    for setting in req.settings:  # a template set names a file in data_manifests/templates
+        key, _, value = setting.partition("=")
+        if key.strip().endswith("template_set") and value.strip() not in ("", "None", "null"):
+            from workbench.data.templates import list_template_sets
+
+            if value.strip() not in list_template_sets():
+                errors.append(f"{key.strip()}: unknown template set {value.strip()!r}; known: "
+                              f"{', '.join(list_template_sets())}")
     problem = _data_root_error(req, roots)
     return errors + ([problem] if problem else [])
 
@@ -345,6 +353,14 @@ def _all_toy(datasets: Sequence[str]) -> bool:
         return False
 
 
+def _child_root(req: LaunchRequest) -> str | None:
+    """The `--root` the run command gets: none for toy datasets (an explicit root would hide the
+    rendered toy data)."""
+    if req.data_root and not _all_toy(req.datasets):
+        return str(Path(req.data_root).expanduser().resolve())
+    return None
+
+
 def existing_runs(req: LaunchRequest, registry_root: str | os.PathLike | None = None) -> dict[str, list[str]]:
     """Short hashes of the runs of `req` already in the registry, by status: what `--force` resets
     (everything a run wrote is deleted). Validate first."""
@@ -355,7 +371,7 @@ def existing_runs(req: LaunchRequest, registry_root: str | os.PathLike | None = 
     specs = build_specs([req.method], req.protocol, [req.datasets], shots=req.shots, seeds=req.seeds or (1,),
                         backbone=req.backbone, pretrained=req.pretrained,
                         presets={req.method: req.preset} if req.preset else None, settings=list(req.settings),
-                        strict=True)
+                        strict=True, data_root=_child_root(req))
     registry = Registry(Path(registry_root).expanduser() if registry_root is not None else runs_dir())
     out: dict[str, list[str]] = {}
     for spec in specs:
@@ -379,8 +395,8 @@ def build_command(req: LaunchRequest, registry_root: str | os.PathLike) -> list[
         args.append(f"--device={req.device}")
     for setting in req.settings:
         args.append(f"--set={setting}")
-    if req.data_root and not _all_toy(req.datasets):  # an explicit root would hide the rendered toy data
-        args.append(f"--root={Path(req.data_root).expanduser().resolve()}")
+    if _child_root(req):
+        args.append(f"--root={_child_root(req)}")
     if req.name:
         args.append(f"--name={req.name}")
     if req.force:

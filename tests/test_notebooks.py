@@ -117,7 +117,7 @@ def test_base_to_novel_notebook(backbone, tmp_path, capsys):
     capsys.readouterr()
     specs = notebook_specs(["zeroshot", "coop"], "base_to_novel", [DATASET], 2, [1], backbone=backbone, epochs=1)
     again = launch(specs, Registry(registry))
-    assert all(r.ok and r.reused for r in again) and capsys.readouterr().out.count(": reused") == 2
+    assert all(r.ok and r.reused for r in again) and capsys.readouterr().out.count(": already done") == 2
     assert {r.run.short_hash for r in again} == {r["hash"][:12] for r in results["runs"]}
     assert len(Registry(registry).list()) == 2
 

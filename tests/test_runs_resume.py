@@ -52,6 +52,11 @@ class MomentumSGD:
             buf.copy_(saved)
 
 
+def _plain_numpy_state() -> tuple:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return name, keys.tolist(), int(pos), int(has_gauss), float(cached)
+
+
 def toy_spec(seed: int = 0) -> RunSpec:
     return RunSpec(method="toy_linear", protocol="unit", datasets=("synthetic",), seed=seed,
                    train_config={"epochs": EPOCHS})
@@ -80,7 +85,8 @@ def train(root: str, seed: int, kill_in_epoch: int | None = None) -> None:
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
-        np.random.set_state(state["numpy_rng"])
+        name, keys, pos, has_gauss, cached = state["numpy_rng"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
         start = epoch + 1
         run.log(f"resumed from epoch {epoch}")
     run.set_status("running")
@@ -109,7 +115,7 @@ def train(root: str, seed: int, kill_in_epoch: int | None = None) -> None:
                 "optimizer": opt.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "python_rng": random.getstate(),
-                "numpy_rng": np.random.get_state(),
+                "numpy_rng": _plain_numpy_state(),  # checkpoints hold plain values (weights_only)
             },
             epoch,
         )
@@ -179,7 +185,8 @@ def half_then_hang(obj, f, *a, **kw):
     open(marker, "w").write("mid-write")
     time.sleep(60)
     f.write(data[len(data) // 2 :])
-sys.modules["torch"] = types.SimpleNamespace(save=half_then_hang)
+never = type("Never", (), {})  # the type names check_plain_state looks up
+sys.modules["torch"] = types.SimpleNamespace(save=half_then_hang, Tensor=never, Size=never, dtype=never, device=never)
 from workbench.runs import Registry
 from workbench.runs.spec import RunSpec
 run = Registry(root).create_or_get(RunSpec(method="ckpt", protocol="unit", datasets=("synthetic",)))

@@ -2,11 +2,13 @@
 
 Each write goes to a temp file beside the target (same folder, so `os.replace` is atomic), is
 fsynced, replaces the target, and the folder is fsynced so the rename survives a crash. A writer
-killed mid-write leaves at most a temp file (see `temp_files`), never a damaged target.
+killed mid-write leaves at most a temp file (see `temp_files`), never a damaged target. A full disk
+raises `DiskFullError` (an OSError with errno ENOSPC) that names the folder and says what to do.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
@@ -15,6 +17,30 @@ from typing import IO, Any, Callable
 
 _rand = random.SystemRandom()  # never the global RNG: training code checkpoints its state
 TEMP_MARK = ".tmp-"
+_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+class DiskFullError(OSError):
+    """No space left (ENOSPC / EDQUOT) on the device holding `where`."""
+
+    def __init__(self, where: str | os.PathLike, hint: str = "free space and try again"):
+        self.where = Path(where)
+        super().__init__(errno.ENOSPC, f"no space left on the device holding {self.where}: {hint}")
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """True for an ENOSPC / EDQUOT error, also when it is the cause or context of `exc` (torch.save
+    turns a failed write into a RuntimeError)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def temp_path(path: str | os.PathLike) -> Path:
@@ -62,6 +88,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as exc:
+        if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+            raise DiskFullError(path.parent) from exc
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

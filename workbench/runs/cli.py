@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
+import os
 import sys
 
 BASE_LIST_COLUMNS = ["short_hash", "name", "method", "protocol", "datasets", "shots", "seed", "backbone",
@@ -10,9 +13,41 @@ BASE_LIST_COLUMNS = ["short_hash", "name", "method", "protocol", "datasets", "sh
 
 
 def _registry(args):
-    from workbench.runs.registry import Registry
+    """The registry of --registry/--root; read commands never create one."""
+    from workbench.runs.index import Registry
 
-    return Registry(args.root)
+    reg = Registry(args.root, create=False)
+    if reg.rebuilt is not None:
+        print(f"the run index at {reg.db_path} was empty or missing: rebuilt it from {reg.rebuilt} run folder(s)",
+              file=sys.stderr)
+    if reg.read_only:
+        print(f"the run registry at {reg.root} is read-only: writing is disabled", file=sys.stderr)
+    return reg
+
+
+def _guarded(func):
+    """A command that reports registry problems in one line (exit 1) and stops quietly when its
+    reader goes away (`runs show ... | head`: exit 141, like a process killed by SIGPIPE)."""
+
+    @functools.wraps(func)
+    def run(args) -> int:
+        from workbench.fileio import DiskFullError
+        from workbench.runs.files import RegistryError
+
+        try:
+            code = func(args)
+            sys.stdout.flush()  # inside the try: a closed pipe fails here, not at exit
+            return code
+        except BrokenPipeError:
+            with contextlib.suppress(OSError):  # keep the interpreter's final flush from failing again
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            return 141
+        except (RegistryError, DiskFullError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+
+    return run
 
 
 def _fmt_table(df) -> str:
@@ -98,20 +133,33 @@ def cmd_show(args) -> int:
 
 
 def cmd_export(args) -> int:
-    path = _registry(args).export(args.path, fmt=args.format)
+    try:
+        path = _registry(args).export(args.path, fmt=args.format)
+    except ValueError as exc:  # unknown suffix / format
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {path}")
     return 0
 
 
 def cmd_reindex(args) -> int:
-    reg = _registry(args)
-    print(f"indexed {reg.rebuild_index()} runs from {reg.root}")
+    from workbench.runs.index import Registry
+
+    reg, count, moved = Registry.reindex(args.root)
+    if moved is not None:
+        print(f"the damaged index was moved aside to {moved}")
+    print(f"indexed {count} runs from {reg.root}")
     return 0
+
+
+def _registry_option(parser, default) -> None:
+    parser.add_argument("--registry", "--root", dest="root", default=default, metavar="DIR",
+                        help="registry folder (default: $WORKBENCH_RUNS or <cache>/runs); --root is the same")
 
 
 def add_commands(subparsers) -> None:
     runs = subparsers.add_parser("runs", help="list, inspect and export runs in the run registry")
-    runs.add_argument("--root", default=None, help="registry root (default: $WORKBENCH_RUNS or <cache>/runs)")
+    _registry_option(runs, None)
     sub = runs.add_subparsers(dest="runs_command", required=True)
 
     p = sub.add_parser("list", help="table of runs")
@@ -123,20 +171,24 @@ def add_commands(subparsers) -> None:
     p.add_argument("--shots", type=int)
     p.add_argument("--max-metrics", type=int, default=6, help="metric columns shown (default 6)")
     p.add_argument("--all-metrics", action="store_true", help="show every metric column")
-    p.set_defaults(func=cmd_list)
+    _registry_option(p, argparse.SUPPRESS)
+    p.set_defaults(func=_guarded(cmd_list))
 
     p = sub.add_parser("show", help="spec, status, metrics and last history rows of one run")
     p.add_argument("hash", help="full hash or unique prefix")
     p.add_argument("--tail", type=int, default=10, help="history rows shown (default 10)")
-    p.set_defaults(func=cmd_show)
+    _registry_option(p, argparse.SUPPRESS)
+    p.set_defaults(func=_guarded(cmd_show))
 
     p = sub.add_parser("reindex", help="rebuild the SQLite index from the run folders (after losing or damaging it)")
-    p.set_defaults(func=cmd_reindex)
+    _registry_option(p, argparse.SUPPRESS)
+    p.set_defaults(func=_guarded(cmd_reindex))
 
     p = sub.add_parser("export", help="write the run table to CSV or parquet")
     p.add_argument("path")
     p.add_argument("--format", choices=["csv", "parquet"], default=None, help="default: from the suffix, else csv")
-    p.set_defaults(func=cmd_export)
+    _registry_option(p, argparse.SUPPRESS)
+    p.set_defaults(func=_guarded(cmd_export))
 
 
 def main(argv: list[str] | None = None) -> int:  # `python -m workbench.runs.cli ...`

@@ -9,6 +9,8 @@
                        optional "<key>/classes" float16 [C, D] (for the app's plots)
     log.txt            free-text log
     checkpoints/epoch_0003.pt   the newest `keep` checkpoints
+    .lock              flock held while writing the folder's files (briefly)
+    .owner             flock held by the one process executing the run (`RunFiles.own`), pid/host inside
 
 Everything but spec.json is the run's output: `RunFiles.clear` removes it all (status.json is left
 for the caller to rewrite).
@@ -20,9 +22,12 @@ import json
 import os
 import re
 import shutil
+import socket
+import threading
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from workbench.fileio import atomic_write, atomic_write_text, remove_temp_files
 
@@ -33,9 +38,59 @@ except ImportError:  # pragma: no cover
 
 SPEC, STATUS, HISTORY, METRICS = "spec.json", "status.json", "history.jsonl", "metrics.json"
 PREDICTIONS, EMBEDDINGS, LOG, CHECKPOINTS, LOCK = "predictions.npz", "embeddings.npz", "log.txt", "checkpoints", ".lock"
+OWNER = ".owner"
 STATUS_KEYS = ("status", "progress", "message", "error", "created_at", "updated_at", "started_at", "finished_at",
                "pid", "host")
 _CKPT_RE = re.compile(r"^epoch_(\d+)\.pt$")
+
+
+class RegistryError(RuntimeError):
+    """A run registry problem with a message that says what to do (no traceback needed)."""
+
+
+class RunBusyError(RegistryError):
+    """Another process owns (is executing) the run."""
+
+
+class CheckpointError(RegistryError):
+    """A checkpoint file that is not a plain state file, or cannot be read."""
+
+
+# plain types a checkpoint may hold: exactly what torch.load(weights_only=True) reads back
+_PLAIN = (dict, list, tuple, set, int, float, bool, str, bytes, complex, type(None))
+
+
+def check_plain_state(obj: Any, where: str = "state") -> None:
+    """TypeError naming the first value `torch.load(weights_only=True)` would refuse (numpy arrays and
+    scalars, arbitrary objects): checkpoints hold tensors, dicts, lists, tuples, numbers and strings."""
+    import collections
+
+    import torch
+
+    if isinstance(obj, torch.Tensor) or type(obj) in _PLAIN + (collections.OrderedDict, torch.Size, torch.dtype,
+                                                                 torch.device):
+        if isinstance(obj, Mapping):
+            for k, v in obj.items():
+                check_plain_state(k, f"{where} key")
+                check_plain_state(v, f"{where}[{k!r}]")
+        elif isinstance(obj, (list, tuple, set)) and not isinstance(obj, torch.Size):
+            for i, v in enumerate(obj):
+                check_plain_state(v, f"{where}[{i}]")
+        return
+    raise TypeError(f"checkpoint {where} is a {type(obj).__module__}.{type(obj).__name__}: checkpoints hold only "
+                    "tensors, dicts, lists, tuples, numbers and strings (store a tensor or a list instead)")
+
+
+# runs this process owns: lock file path -> [thread id, depth, open file]
+_owned: dict[str, list] = {}
+_owned_guard = threading.Lock()
+
+
+def describe_owner(info: Mapping[str, Any] | None) -> str:
+    if not info:
+        return "another process"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["since"])) if info.get("since") else "?"
+    return f"process {info.get('pid', '?')} on host {info.get('host', '?')} (since {since})"
 
 
 # -- formats -------------------------------------------------------------------------------------
@@ -147,6 +202,81 @@ class RunFiles:
                 yield
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def owner(self) -> dict | None:
+        """pid/host/since written by the process that owns the run now or owned it last (None if unknown)."""
+        with contextlib.suppress(OSError, ValueError):
+            info = json.loads(self.path(OWNER).read_text(encoding="utf-8") or "null")
+            return info if isinstance(info, dict) else None
+        return None
+
+    @contextlib.contextmanager
+    def own(self, wait: float | None = 0.0, echo: Callable[[str], Any] | None = None,
+            poll: float = 0.2) -> Iterator[None]:
+        """Hold the run for this process: an exclusive flock on `.owner`, kept for the whole block.
+
+        `wait` seconds (None: as long as it takes) for another owner to finish, saying once through
+        `echo` who holds it; then `RunBusyError`. The lock dies with its process, so a killed owner
+        leaves nothing to clean up. Re-entrant in one thread; other threads wait like other processes.
+        """
+        path = self.path(OWNER)
+        key, me = os.path.abspath(path), threading.get_ident()
+        with _owned_guard:
+            held = _owned.get(key)
+            if held is not None and held[0] == me:
+                held[1] += 1
+                reentered = True
+            else:
+                reentered = False
+        if reentered:
+            try:
+                yield
+            finally:
+                with _owned_guard:
+                    _owned[key][1] -= 1
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+", encoding="utf-8")
+        try:
+            if fcntl is not None:
+                deadline = None if wait is None else time.monotonic() + max(float(wait), 0.0)
+                told = False
+                while True:
+                    try:
+                        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        holder = describe_owner(self.owner())
+                        if deadline is not None and time.monotonic() >= deadline:
+                            waited = f" after waiting {wait:g} s" if wait else ""
+                            raise RunBusyError(f"run {self.dir.name} is being run by {holder}{waited}; wait for it "
+                                               "to finish (the same command then reuses its result) or stop that "
+                                               "process (the same command then resumes it)") from None
+                        if echo is not None and not told:
+                            limit = "" if deadline is None else f" up to {wait:g} s"
+                            echo(f"run {self.dir.name} is being run by {holder}; waiting{limit} for it")
+                            told = True
+                        time.sleep(poll)
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
+            f.flush()
+            with _owned_guard:
+                _owned[key] = [me, 0, f]
+            try:
+                self.remove_temp_files()  # we own the run: any temp file is a dead writer's
+                yield
+            finally:
+                with _owned_guard:
+                    _owned.pop(key, None)
+        finally:
+            f.close()  # releases the flock
+
+    def remove_temp_files(self) -> None:
+        """Delete temp files of dead writers in the folder and in checkpoints/ (call as the run's owner)."""
+        with self.lock():
+            remove_temp_files(self.dir)
+        remove_temp_files(self.checkpoint_dir)
 
     def create(self, spec_dict: dict, rename: bool = False) -> None:
         """The folder, its checkpoints/ and spec.json when missing; with `rename`, spec.json is also
@@ -262,6 +392,32 @@ class RunFiles:
     def checkpoint_path(self, epoch: int) -> Path:
         return self.checkpoint_dir / f"epoch_{int(epoch):04d}.pt"
 
+    def load_checkpoint(self, path: Path, map_location: Any = "cpu") -> dict:
+        """A checkpoint's payload ({"epoch", "state", ...}), read with torch.load(weights_only=True):
+        tensors and plain values only, never code. Anything else raises `CheckpointError`."""
+        import pickle
+
+        import torch
+
+        hint = "delete it to restart the run from scratch (or from an older checkpoint, if any)"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # torch's note on foreign pickle protocols
+                payload = torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            boiler = ("Weights only load failed", "Please file an issue", "Check the documentation")
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith(boiler)]
+            detail = lines[-1] if lines else "refused by the weights-only unpickler"
+            raise CheckpointError(f"checkpoint {path} is not a plain state file ({detail[:200]}); {hint}") from exc
+        except (EOFError, RuntimeError, ValueError, OSError) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); "
+                                  f"{hint}") from exc
+        if not isinstance(payload, dict) or "epoch" not in payload or "state" not in payload:
+            raise CheckpointError(f"checkpoint {path} is not a plain state file (no epoch/state); {hint}")
+        return payload
+
     def checkpoints(self) -> list[tuple[int, Path]]:
         """(epoch, path) of the complete checkpoints, oldest first."""
         if not self.checkpoint_dir.is_dir():
@@ -277,6 +433,7 @@ class RunFiles:
         """torch.save `payload` atomically as epoch_<epoch>.pt; keeps the newest `keep` (all if keep <= 0)."""
         import torch
 
+        check_plain_state(payload, "payload")
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         remove_temp_files(self.checkpoint_dir)  # leftovers of killed writers
         final = atomic_write(self.checkpoint_path(epoch), lambda f: torch.save(payload, f))
@@ -298,7 +455,7 @@ class RunFiles:
         with self.lock():
             if self.dir.is_dir():
                 for p in self.dir.iterdir():
-                    if p.name not in (SPEC, STATUS, LOCK, CHECKPOINTS):
+                    if p.name not in (SPEC, STATUS, LOCK, OWNER, CHECKPOINTS):
                         _remove(p)
         self.clear_checkpoints()
 

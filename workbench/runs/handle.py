@@ -5,20 +5,42 @@ import contextlib
 import json
 import math
 import os
+import signal
 import socket
 import sqlite3
+import sys
+import threading
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
-from workbench.runs.files import RunFiles, jsonable, load_embeddings
+from workbench.fileio import DiskFullError, is_disk_full
+from workbench.runs.files import (CheckpointError, RegistryError, RunBusyError, RunFiles, check_plain_state,
+                                  jsonable, load_embeddings)
 from workbench.runs.spec import RunSpec
 
 if TYPE_CHECKING:
     from workbench.runs.index import Registry
 
 STATUSES = ("pending", "running", "done", "failed", "interrupted")
+OWNER_WAIT_S = 60.0  # how long `owned()` waits by default for another process executing the run
+RESUME_HINT = "free space and re-run; the run resumes from its last checkpoint"
+
+__all__ = ["CheckpointError", "OWNER_WAIT_S", "RegistryError", "RunBusyError", "RunHandle", "STATUSES",
+           "Terminated"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived while a run was running (treated like Ctrl-C: the run becomes interrupted)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated("stopped by SIGTERM")
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 class RunHandle:
@@ -145,22 +167,53 @@ class RunHandle:
         row = self._update(progress=min(max(fraction, 0.0), 1.0), message=str(message))
         self._write_status_file(row)
 
+    def owned(self, wait: float | None = OWNER_WAIT_S, echo: Callable[[str], Any] | None = _stderr):
+        """`with run.owned():` this process alone executes the run (flock on the folder's `.owner`).
+
+        Another owner is waited for up to `wait` seconds (None: as long as it takes; 0: not at all),
+        saying once through `echo` who it is; then `RunBusyError` says who holds the run. A dead
+        owner's lock is gone with its process. Temp files of dead writers are removed on entry."""
+        return self.files.own(wait=wait, echo=echo)
+
+    def owner(self) -> dict | None:
+        """pid / host / since of the process that owns the run now, or owned it last."""
+        return self.files.owner()
+
     @contextlib.contextmanager
     def running(self) -> Iterator["RunHandle"]:
         """`with run.running():` marks the run running, then done on success, interrupted on
-        KeyboardInterrupt, failed (traceback in log.txt) on any other exception, which is re-raised."""
+        KeyboardInterrupt or SIGTERM (main thread only; `Terminated` is raised), failed (traceback
+        in log.txt) on any other exception, which is re-raised. A full disk fails the run (when the
+        index can still be written) and raises `DiskFullError` saying what to do."""
         self.set_status("running")
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if main else None
         try:
             yield self
-        except KeyboardInterrupt:
-            self.set_status("interrupted")
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, Terminated):
+                self.set_status("interrupted", "stopped by SIGTERM; run the same command again to resume from "
+                                               "the last checkpoint")
+            else:
+                self.set_status("interrupted")
             raise
         except BaseException as exc:
-            self.log(traceback.format_exc())
-            self.set_status("failed", error=exc)
-            raise
+            if not is_disk_full(exc):
+                self.log(traceback.format_exc())
+                self.set_status("failed", error=exc)
+                raise
+            where = exc.where if isinstance(exc, DiskFullError) else self.dir
+            full = DiskFullError(where, RESUME_HINT)
+            with contextlib.suppress(Exception):  # best effort: the index may sit on the full disk too
+                self.log(traceback.format_exc())
+            with contextlib.suppress(Exception):
+                self.set_status("failed", error=full)
+            raise full from exc
         else:
             self.set_status("done")
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
     # -- history / metrics ----------------------------------------------------------------------
     def log_epoch(self, epoch: int, values: Mapping[str, Any]) -> None:
@@ -223,8 +276,10 @@ class RunHandle:
     def save_checkpoint(self, state: dict, epoch: int, keep: int = 2) -> Path:
         """torch.save `state` as checkpoints/epoch_<epoch>.pt atomically (temp file, fsync, os.replace);
         keeps the newest `keep` checkpoints. A killed writer leaves at most a stray temp file, never a
-        partial checkpoint."""
+        partial checkpoint. `state` holds tensors and plain values only (TypeError otherwise: numpy
+        arrays too), as `load_checkpoint` reads them back with weights_only=True."""
         epoch = int(epoch)
+        check_plain_state(state)
         payload = {"epoch": epoch, "run_hash": self.hash, "saved_at": time.time(), "state": state}
         return self.files.save_checkpoint(payload, epoch, keep)
 
@@ -236,11 +291,9 @@ class RunHandle:
     def load_checkpoint(self, map_location: Any = "cpu", epoch: int | None = None) -> tuple[int, dict] | None:
         """(epoch, state) of the newest checkpoint (or of `epoch`), or None when there is none.
 
-        Checkpoints are written by this workbench, so they are loaded with weights_only=False
-        (states may hold numpy/python RNG states).
+        Loaded with torch.load(weights_only=True): tensors and plain values only, so a file planted in
+        checkpoints/ cannot run code; anything else raises `CheckpointError` (delete the file).
         """
-        import torch
-
         if epoch is None:
             latest = self.latest_checkpoint()
             if latest is None:
@@ -250,7 +303,7 @@ class RunHandle:
             path = self.files.checkpoint_path(epoch)
             if not path.exists():
                 return None
-        payload = torch.load(path, map_location=map_location, weights_only=False)
+        payload = self.files.load_checkpoint(path, map_location)
         return int(payload["epoch"]), payload["state"]
 
     def clear_checkpoints(self) -> None:

@@ -9,7 +9,11 @@ Everything a notebook or the app needs is in the index (`Registry.list`, `Regist
 folders mirror it so a run folder is self-describing and `Registry.rebuild_index()` can recreate the
 index from the folders. Many processes may use one registry at once: every write is one short
 `BEGIN IMMEDIATE` transaction on its own connection, retried with backoff while the database is busy.
-One run is expected to be driven by one process at a time.
+One run is executed by one process at a time (`RunHandle.owned`).
+
+A damaged index raises `IndexDamagedError` (`workbench runs reindex` moves it aside and rebuilds it
+from the folders); an empty or missing index beside run folders is rebuilt at once. A registry that
+cannot be written is opened read-only (`Registry.read_only`; writes raise `RegistryReadOnlyError`).
 """
 from __future__ import annotations
 
@@ -18,14 +22,17 @@ import json
 import os
 import random
 import re
+import shutil
 import socket
 import sqlite3
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
+from workbench.fileio import DiskFullError, atomic_write
 from workbench.paths import runs_dir
-from workbench.runs.files import METRICS, STATUS, RunFiles, dumps
+from workbench.runs.files import METRICS, STATUS, RegistryError, RunFiles, dumps
 from workbench.runs.handle import STATUSES, RunHandle
 from workbench.runs.spec import RunSpec
 
@@ -86,6 +93,38 @@ CREATE TABLE IF NOT EXISTS history (
 """
 
 T = TypeVar("T")
+EXPORT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+LOW_SPACE_BYTES = 16 << 20  # "disk I/O error" with less free space than this is a full disk
+
+
+class IndexDamagedError(RegistryError):
+    """registry.sqlite cannot be read (truncated, overwritten, not a database)."""
+
+    def __init__(self, db_path: Path, detail: str):
+        self.db_path = db_path
+        super().__init__(f"the run index at {db_path} is damaged ({detail}): run `workbench runs reindex "
+                         f"--registry {db_path.parent}` to rebuild it from the run folders")
+
+
+class RegistryReadOnlyError(RegistryError):
+    """A write to a registry that could only be opened read-only."""
+
+
+class RegistryNotFoundError(RegistryError):
+    """No registry (index or run folders) at the given root."""
+
+
+def _damage(exc: sqlite3.DatabaseError) -> bool:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    msg = str(exc).lower()
+    return (name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+            or any(m in msg for m in ("malformed", "not a database", "file is encrypted")))
+
+
+def _readonly(exc: sqlite3.DatabaseError) -> bool:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    msg = str(exc).lower()
+    return name.startswith("SQLITE_READONLY") or "readonly" in msg or "read-only" in msg
 
 
 def _now() -> float:
@@ -146,23 +185,66 @@ def _process_alive(pid: int) -> bool:
 class Registry:
     """Index of runs under `root` (default `workbench.paths.runs_dir()`)."""
 
-    def __init__(self, root: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, *, create: bool = True):
+        """`create=False` (read commands): `RegistryNotFoundError` instead of making a new registry
+        where there is neither an index nor a run folder."""
         self.root = Path(root).expanduser() if root is not None else runs_dir()
-        self.root.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / DB_NAME
+        self.read_only, self._ro_uri = False, None
+        self.rebuilt: int | None = None  # runs re-indexed on opening (the index was empty or missing)
+        if not create and not (self.db_path.exists() or self._has_run_folders()):
+            raise RegistryNotFoundError(f"no registry at {self.root}" + ("" if self.root.is_dir() else
+                                        " (no such folder)") + ": check --registry (or $WORKBENCH_RUNS)")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if not self.root.is_dir():
+                raise RegistryReadOnlyError(f"cannot create the run registry at {self.root}: {exc}") from exc
         self._init_db()
 
     def __repr__(self) -> str:
         return f"Registry({str(self.root)!r})"
 
     # -- database plumbing ----------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA foreign_keys = ON")
+    def _has_run_folders(self) -> bool:
+        return self.root.is_dir() and any(self.root.glob("*/spec.json"))
+
+    def _connect(self, uri: str | None = None) -> sqlite3.Connection:
+        uri = uri or self._ro_uri
+        if uri:
+            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        else:
+            conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            if not uri:
+                conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    def _translate(self, exc: sqlite3.Error) -> BaseException:
+        """The error to raise for a sqlite error: damaged index, read-only registry, full disk, or itself."""
+        if isinstance(exc, sqlite3.DatabaseError) and _damage(exc):
+            return IndexDamagedError(self.db_path, str(exc))
+        if isinstance(exc, sqlite3.DatabaseError) and _readonly(exc):
+            return self._readonly_error(str(exc))
+        msg = str(exc).lower()
+        if "database or disk is full" in msg:
+            return DiskFullError(self.root, "free space and re-run; a run resumes from its last checkpoint")
+        if "disk i/o error" in msg:
+            with contextlib.suppress(OSError):
+                if shutil.disk_usage(self.root).free < LOW_SPACE_BYTES:
+                    return DiskFullError(self.root, "free space and re-run; a run resumes from its last checkpoint")
+        return exc
+
+    def _readonly_error(self, detail: str = "") -> RegistryReadOnlyError:
+        detail = f" ({detail})" if detail else ""
+        return RegistryReadOnlyError(f"the run registry at {self.root} is read-only{detail}: writing is disabled "
+                                     "(list, show and export work; run where it can be written)")
 
     def _retry(self, fn: Callable[[], T]) -> T:
         deadline = _now() + RETRY_DEADLINE_S
@@ -170,14 +252,19 @@ class Registry:
         while True:
             try:
                 return fn()
-            except sqlite3.OperationalError as exc:
-                if not _is_lock_error(exc) or _now() > deadline:
-                    raise
+            except sqlite3.Error as exc:
+                if not (isinstance(exc, sqlite3.OperationalError) and _is_lock_error(exc)) or _now() > deadline:
+                    translated = self._translate(exc)
+                    if translated is exc:
+                        raise
+                    raise translated from exc
             time.sleep(delay * (0.5 + _sysrand.random()))
             delay = min(delay * 2, 0.5)
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn(conn)` inside one `BEGIN IMMEDIATE` transaction, retrying while locked."""
+        if self.read_only:
+            raise self._readonly_error()
 
         def attempt() -> T:
             conn = self._connect()
@@ -207,6 +294,49 @@ class Registry:
         return self._retry(attempt)
 
     def _init_db(self) -> None:
+        empty = not self.db_path.exists() or self.db_path.stat().st_size == 0
+        try:
+            created = self._init_rw()
+        except RegistryReadOnlyError:
+            self._open_read_only()
+            return
+        except sqlite3.OperationalError as exc:  # "unable to open database file": e.g. a read-only folder
+            if "unable to open" not in str(exc).lower():
+                raise
+            self._open_read_only(exc)
+            return
+        if created and empty and self._has_run_folders():  # index lost or 0 bytes beside run folders
+            self.rebuilt = self.rebuild_index()
+
+    def _open_read_only(self, cause: BaseException | None = None) -> None:
+        """Switch to a read-only connection (`mode=ro`; `immutable=1` when WAL files cannot be made)."""
+        if not self.db_path.exists() or self.db_path.stat().st_size == 0:
+            hint = ("; run `workbench runs reindex` where it can be written" if self._has_run_folders() else "")
+            raise RegistryReadOnlyError(f"the run registry at {self.root} is read-only and has no index{hint}") \
+                from cause
+        path = urllib.parse.quote(str(self.db_path.resolve()))
+        last: sqlite3.Error | None = None
+        for uri in (f"file:{path}?mode=ro", f"file:{path}?mode=ro&immutable=1"):
+            try:
+                conn = self._connect(uri)
+                try:
+                    version = conn.execute("PRAGMA user_version").fetchone()[0]
+                    conn.execute("SELECT COUNT(*) FROM runs").fetchone()
+                finally:
+                    conn.close()
+            except sqlite3.DatabaseError as exc:
+                if _damage(exc):
+                    raise IndexDamagedError(self.db_path, str(exc)) from exc
+                last = exc
+                continue
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(f"{self.db_path} has schema v{version}, newer than this workbench (v{SCHEMA_VERSION})")
+            self._ro_uri, self.read_only = uri, True
+            return
+        raise self._readonly_error(f"cannot open it read-only either: {last}") from last
+
+    def _init_rw(self) -> bool:
+        """WAL mode and schema; True when the schema was created just now."""
         def set_wal() -> None:
             conn = self._connect()
             try:
@@ -218,7 +348,7 @@ class Registry:
 
         self._retry(set_wal)
 
-        def create(conn: sqlite3.Connection) -> None:
+        def create(conn: sqlite3.Connection) -> bool:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise RuntimeError(f"{self.db_path} has schema v{version}, newer than this workbench (v{SCHEMA_VERSION})")
@@ -227,8 +357,9 @@ class Registry:
                     if stmt.strip():
                         conn.execute(stmt)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            return version == 0
 
-        self._write(create)
+        return self._write(create)
 
     def integrity_check(self) -> str:
         """`PRAGMA integrity_check` result ("ok" when healthy)."""
@@ -244,6 +375,8 @@ class Registry:
 
         If `spec.name` is set and differs from the stored name, the stored name is updated.
         """
+        if self.read_only:
+            raise self._readonly_error()
         h, short = spec.hash, spec.short_hash
         files, spec_dict = RunFiles(self.root / short), {**spec.to_dict(), "hash": h}
         files.create(spec_dict)
@@ -415,17 +548,23 @@ class Registry:
     def export(self, path: str | os.PathLike, fmt: str | None = None, **filters: Any) -> Path:
         """Write `list(**filters)` to `path` as "csv" or "parquet" (default: from the suffix, else csv)."""
         path = Path(path)
+        suffix = path.suffix.lower()
         if fmt is None:
-            fmt = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
+            if suffix and suffix not in EXPORT_FORMATS:
+                raise ValueError(f"cannot export to {path.name}: {suffix} is not a format the run table is written "
+                                 "in; use .csv, .parquet or .pq (or give the format: --format csv|parquet)")
+            fmt = EXPORT_FORMATS.get(suffix, "csv")
         fmt = fmt.lower()
         if fmt not in ("csv", "parquet"):
             raise ValueError(f"unknown export format {fmt!r}; expected csv or parquet")
+        if suffix in EXPORT_FORMATS and EXPORT_FORMATS[suffix] != fmt:
+            raise ValueError(f"cannot export {fmt} to {path.name}: its suffix says {EXPORT_FORMATS[suffix]}")
         df = self.list(**filters)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if fmt == "csv":
-            df.to_csv(path, index=False)
+        if fmt == "csv":  # atomic: a killed export leaves the previous file as it was
+            atomic_write(path, lambda f: df.to_csv(f, index=False, encoding="utf-8"))
         else:
-            df.to_parquet(path, index=False)
+            atomic_write(path, lambda f: df.to_parquet(f, index=False))
         return path
 
     # -- maintenance ----------------------------------------------------------------------------
@@ -433,6 +572,8 @@ class Registry:
         """Runs left "running" by a process of this host that no longer exists (killed outright,
         machine slept) become "interrupted". Returns their short hashes. Re-running the same spec
         resumes them from their last checkpoint."""
+        if self.read_only:
+            return []
         host = socket.gethostname()
         rows = self._read("SELECT hash, pid FROM runs WHERE status = 'running' AND host = ?", (host,))
         orphans = []
@@ -445,11 +586,47 @@ class Registry:
             orphans.append(run.short_hash)
         return orphans
 
+    @classmethod
+    def reindex(cls, root: str | os.PathLike | None = None) -> tuple["Registry", int, Path | None]:
+        """Rebuild the index of `root` from its run folders: (registry, runs indexed, where a damaged
+        index was moved, or None). A damaged registry.sqlite (and its -wal/-shm) is moved aside as
+        registry.sqlite.damaged-<stamp> first; stop other workbench processes on it before."""
+        moved = None
+        try:
+            reg = cls(root, create=False)
+            check = reg.integrity_check()
+            if check != "ok":
+                raise IndexDamagedError(reg.db_path, check[:200])
+        except IndexDamagedError as exc:
+            moved = cls._move_aside(exc.db_path)
+            reg = cls(root, create=False)
+        if reg.read_only:
+            raise reg._readonly_error()
+        count = reg.rebuilt if reg.rebuilt is not None else reg.rebuild_index()
+        return reg, count, moved
+
+    @staticmethod
+    def _move_aside(db_path: Path) -> Path:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = db_path.with_name(f"{db_path.name}.damaged-{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = db_path.with_name(f"{db_path.name}.damaged-{stamp}-{n}")
+        for extra in ("-wal", "-shm"):  # a stale WAL would be replayed into the new index
+            side = db_path.with_name(db_path.name + extra)
+            if side.exists():
+                os.replace(side, target.with_name(target.name + extra))
+        os.replace(db_path, target)
+        return target
+
     def rebuild_index(self) -> int:
         """Re-create index rows from the run folders (spec/status/metrics/history files).
 
-        Use after losing or damaging registry.sqlite. Existing rows are overwritten. Returns the
-        number of runs indexed.
+        Use after losing or damaging registry.sqlite. Existing rows are overwritten; metrics the index
+        has but whose metrics.json is gone are kept (and metrics.json rewritten). A run recorded done
+        with no metrics anywhere becomes interrupted, so the same command runs it again (resuming from
+        its last checkpoint). Returns the number of runs indexed.
         """
         count = 0
         for spec_path in sorted(self.root.glob("*/spec.json")):
@@ -469,14 +646,23 @@ class Registry:
 
             def tx(conn: sqlite3.Connection, h=handle.hash, status=status, metrics=metrics, history=history) -> dict:
                 now = _now()
+                state = status.get("status") if status.get("status") in STATUSES else "pending"
+                error = status.get("error")
+                kept = None
+                if not isinstance(metrics, dict):
+                    old = conn.execute("SELECT metrics_json FROM runs WHERE hash = ?", (h,)).fetchone()
+                    kept = json.loads(old["metrics_json"]) if old and old["metrics_json"] else None
+                    metrics = kept
+                if state == "done" and metrics is None:
+                    state, error = "interrupted", (f"{METRICS} is missing: run the same command again to finish "
+                                                   "it (it resumes from its last checkpoint)")
                 conn.execute(
                     "UPDATE runs SET status=?, progress=?, message=?, error=?, metrics_json=?, created_at=?,"
-                    " updated_at=?, started_at=?, finished_at=? WHERE hash=?",
-                    (status.get("status", "pending") if status.get("status") in STATUSES else "pending",
-                     float(status.get("progress") or 0.0), status.get("message") or "", status.get("error"),
+                    " updated_at=?, started_at=?, finished_at=?, pid=?, host=? WHERE hash=?",
+                    (state, float(status.get("progress") or 0.0), status.get("message") or "", error,
                      json.dumps(metrics) if metrics is not None else None,
                      status.get("created_at") or now, status.get("updated_at") or now,
-                     status.get("started_at"), status.get("finished_at"), h),
+                     status.get("started_at"), status.get("finished_at"), status.get("pid"), status.get("host"), h),
                 )
                 conn.execute("DELETE FROM history WHERE hash = ?", (h,))
                 conn.executemany(
@@ -484,9 +670,12 @@ class Registry:
                     [(h, int(e["epoch"]), json.dumps({k: v for k, v in e.items() if k != "epoch"}), now)
                      for e in history],
                 )
-                return dict(conn.execute("SELECT * FROM runs WHERE hash = ?", (h,)).fetchone())
+                return dict(conn.execute("SELECT * FROM runs WHERE hash = ?", (h,)).fetchone()), kept
 
-            handle._write_status_file(self._write(tx))
+            row, kept = self._write(tx)
+            if kept is not None:
+                files.write_metrics(kept)
+            handle._write_status_file(row)
             count += 1
         return count
 

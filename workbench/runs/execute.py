@@ -34,19 +34,22 @@ def execute(spec: RunSpec, registry: Registry | None = None, *, device: str | No
     preflight(spec, device)
     registry = registry or Registry()
     run = registry.create_or_get(spec)
-    if not registry.should_run(spec, force=force):
+    if not force and not registry.should_run(spec):
         return run
-    ctx = RunContext(spec, run, device, data_root, cache or FeatureCache(), progress)
-    with run.running():
-        ctx.backbone = load_backbone(spec.backbone, spec.pretrained, device=ctx.device)
-        run.log(f"backbone {ctx.backbone.model_id} on {ctx.device}")
-        metrics = info.run(ctx)
-        method = getattr(ctx, "method", None)
-        if method is not None:
-            metrics["trainable_params"] = trainable_parameter_report(method)["trainable"]
-        metrics.update({k: v for k, v in ctx.metrics.items() if k not in metrics})
-        run.write_metrics(metrics)
-        run.set_progress(1.0, "done")
+    with run.owned():  # one process executes a run; another waits (bounded) or is told who holds it
+        if not registry.should_run(spec, force=force):  # finished meanwhile by the previous owner
+            return run
+        ctx = RunContext(spec, run, device, data_root, cache or FeatureCache(), progress)
+        with run.running():
+            ctx.backbone = load_backbone(spec.backbone, spec.pretrained, device=ctx.device)
+            run.log(f"backbone {ctx.backbone.model_id} on {ctx.device}")
+            metrics = info.run(ctx)
+            method = getattr(ctx, "method", None)
+            if method is not None:
+                metrics["trainable_params"] = trainable_parameter_report(method)["trainable"]
+            metrics.update({k: v for k, v in ctx.metrics.items() if k not in metrics})
+            run.write_metrics(metrics)
+            run.set_progress(1.0, "done")
     return run
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # modules that contribute sub-commands; each defines add_commands(subparsers)
@@ -27,13 +28,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from workbench.fileio import DiskFullError
+    from workbench.runs import RegistryError, Terminated
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
+    except Terminated:
+        print("terminated (SIGTERM); the same command resumes from the last checkpoint", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted; the same command resumes from the last checkpoint", file=sys.stderr)
         return 130
+    except (RegistryError, DiskFullError) as exc:  # their messages say what to do
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # output piped into `head` and the like
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 141
     return int(result or 0)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from workbench.protocols.runspec import RunSpec
+from workbench.runs.files import RunBusyError
 from workbench.runs.index import Registry
 
 
@@ -119,8 +120,8 @@ def run_specs(specs: Sequence[RunSpec], registry: Registry | str | None = None, 
             if stop_on_error:
                 raise
             msg = f"{type(exc).__name__}: {exc}"
-            if echo:
-                echo(f"{label}: FAILED ({msg})")
+            if echo:  # a busy run is not failed: another process is running it
+                echo(f"{label}: {'BUSY' if isinstance(exc, RunBusyError) else 'FAILED'} ({msg})")
             outcomes.append(Outcome(spec, None, False, time.perf_counter() - start, msg))
             continue
         seconds = time.perf_counter() - start

@@ -110,3 +110,14 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
 def atomic_write_json(path: str | os.PathLike, obj: Any, **dumps_kw: Any) -> Path:
     """`json.dumps(obj, **dumps_kw)` written atomically (the text is built before the file is touched)."""
     return atomic_write_text(path, json.dumps(obj, **dumps_kw))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

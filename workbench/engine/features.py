@@ -30,20 +30,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..data.types import Sample
-from ..fileio import atomic_write, atomic_write_text
+from ..fileio import atomic_write, atomic_write_text, sha256_file
 from ..paths import features_dir
 
 
 def stable_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def samples_fingerprint(samples: Sequence[Sample], image_root: Path, content_hash: bool = False) -> str:
@@ -54,7 +46,7 @@ def samples_fingerprint(samples: Sequence[Sample], image_root: Path, content_has
         path = Path(image_root) / s.path
         try:
             if content_hash:
-                stamp = "sha256:" + _file_sha256(path)
+                stamp = "sha256:" + sha256_file(path)
             else:
                 st = os.stat(path)
                 stamp = f"{st.st_size}:{st.st_mtime_ns}"

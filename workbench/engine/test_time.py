@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import math
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from ..data.images import ImageDataset
 from ..data.transforms import test_transform
 from ..data.types import DatasetSplits
-from .train import TEST_TIME_PHASE
+from .train import TEST_TIME_PHASE, config_from_dict
 from .zeroshot import EvalResult
 
 PHASE = TEST_TIME_PHASE
@@ -68,14 +68,7 @@ class TestTimeConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "TestTimeConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values or {}) - known)
-        if unknown:
-            raise KeyError(f"unknown test-time settings {unknown}; known: {sorted(known)}")
-        values = dict(values or {})
-        if "crop_scale" in values:
-            values["crop_scale"] = tuple(values["crop_scale"])
-        return cls(**values)
+        return config_from_dict(cls, values, "test-time")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -19,6 +19,19 @@ from ..data.types import DatasetSplits
 from .features import FeatureCache, encode_images
 
 
+def config_from_dict(cls, values: dict[str, Any] | None, what: str):
+    """A settings dataclass from a dict (as stored: lists for tuples); unknown keys are an error listing
+    the known ones."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values or {}) - known)
+    if unknown:
+        raise KeyError(f"unknown {what} settings {unknown}; known: {sorted(known)}")
+    values = dict(values or {})
+    if "crop_scale" in values:
+        values["crop_scale"] = tuple(values["crop_scale"])
+    return cls(**values)
+
+
 @dataclass
 class TrainConfig:
     optimizer: str = "sgd"  # sgd | adamw
@@ -69,14 +82,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values or {}) - known)
-        if unknown:
-            raise KeyError(f"unknown training settings {unknown}; known: {sorted(known)}")
-        values = dict(values or {})
-        if "crop_scale" in values:
-            values["crop_scale"] = tuple(values["crop_scale"])
-        return cls(**values)
+        return config_from_dict(cls, values, "training")
 
     def to_dict(self) -> dict:
         return asdict(self)

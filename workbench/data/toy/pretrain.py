@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from workbench.backbone.configs import register_workbench_configs
 from workbench.data.transforms import CLIP_MEAN, CLIP_STD, normalized_batch
+from workbench.fileio import sha256_file  # noqa: F401  (re-exported for the toy package)
 from workbench.paths import staged_dir
 
 from . import world
@@ -179,14 +180,6 @@ def train(cfg: PretrainConfig, progress: bool = True) -> tuple[open_clip.CLIP, d
     stats = {"wall_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 1),
              "final_loss": round(float(np.mean(losses[-20:])), 4)}
     return model, model_cfg, stats
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_local_dir(model: open_clip.CLIP, model_cfg: dict, out_dir: Path, meta: dict) -> str:

@@ -190,5 +190,6 @@ def test_launch_a_run_in_the_browser_and_watch_it_finish(served_app, tmp_path):
     spec = run.spec
     assert (spec.method, spec.protocol, spec.datasets, spec.shots, spec.seed, spec.backbone) == (
         "coop", "base_to_novel", ("eurosat",), 2, 1, "wb-tiny-vit")
-    assert spec.overrides == {"train.epochs": 1, "train.batch_size": 4} and run.status == "done"
+    assert spec.settings == {"train.epochs": 1, "train.batch_size": 4} and run.status == "done"
+    assert spec.train_config["epochs"] == 1 and spec.train_config["batch_size"] == 4  # applied
     assert list(Registry(runs).history(run)["epoch"]) == [0]

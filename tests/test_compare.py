@@ -135,7 +135,7 @@ def test_method_names_come_from_the_method_classes():
     names = compare.paper_method_names()
     assert set(names) == set(list_methods())
     seen = {}
-    for key in list_methods():
+    for key in [m for m in list_methods() if not m.startswith("_")]:  # "_x": test doubles other tests register
         own = vars(get_method_class(key)).get("paper_names")
         assert own, f"{key} declares no paper_names of its own"  # a subclass must not inherit its parent's
         assert names[key] == tuple(own)

@@ -59,25 +59,27 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
 
 
 def runs_display_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The runs table as shown: identity, status with icon ("(stale)": made by an older version, never
-    reused), progress 0..1, message, headline metrics."""
+    """The runs table as shown: what identifies a run and its headline metrics first (they fit at 1400 px),
+    then status with icon ("(stale)": made by an older version, never reused), progress 0..1, the rest."""
     metrics = [c for c in HEADLINE_METRICS if c in df.columns]
+    names = df["name"] if "name" in df.columns else pd.Series([""] * len(df), index=df.index)
     out = pd.DataFrame({
         "run": df["short_hash"],
-        "details": [f"run?run={h}" for h in df["short_hash"]],
+        "name": [n if isinstance(n, str) else "" for n in names],
         "method": df["method"],
-        "protocol": df["protocol"],
         "datasets": df["datasets"],
         "shots": df["shots"],
         "seed": df["seed"],
-        "backbone": df["backbone"],
         "status": [f"{STATUS_ICONS.get(s, '')} {s}" + (" (stale)" if stale else "")
                    for s, stale in zip(df["status"], df.get("stale", pd.Series([""] * len(df))).astype(bool))],
         "progress": df["progress"].astype(float),
+        **{m: df[m] for m in metrics},
+        "protocol": df["protocol"],
+        "backbone": df["backbone"],
         "message": [e if isinstance(e, str) and e else m for m, e in zip(df["message"], df["error"])],
         "epochs": df["epochs"],
-        **{m: df[m] for m in metrics},
         "updated": df["updated_at"].dt.tz_convert(None).dt.strftime("%m-%d %H:%M:%S"),
+        "details": [f"run?run={h}" for h in df["short_hash"]],
     })
     return out.reset_index(drop=True)
 
@@ -87,11 +89,13 @@ def runs_column_config(metrics: list[str]) -> dict:
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
         "details": st.column_config.LinkColumn("details", display_text="open ↗",
                                                help="open the run detail page (new tab)"),
-        "shots": st.column_config.NumberColumn("shots", format="%d"),
-        "seed": st.column_config.NumberColumn("seed", format="%d"),
+        "shots": st.column_config.NumberColumn("shots", format="%d", width="small"),
+        "run": st.column_config.TextColumn("run", width="small"),
+        "message": st.column_config.TextColumn("message", width="medium"),
+        "seed": st.column_config.NumberColumn("seed", format="%d", width="small"),
     }
     for m in metrics:
-        cfg[m] = st.column_config.NumberColumn(m, format="%.2f")
+        cfg[m] = st.column_config.NumberColumn(m, format="%.2f", width="small")
     return cfg
 
 
@@ -125,3 +129,27 @@ def format_mean_std(mean, std, digits: int = 2) -> str:
 
 def open_run_detail(short_hash: str) -> None:
     st.switch_page(RUN_DETAIL_PAGE, query_params={"run": short_hash})
+
+
+def plot(fig, key: str, name: str | None = None) -> None:
+    """st.plotly_chart whose modebar camera button downloads the figure as PNG or SVG (the sidebar's
+    "Figure downloads" choice, session state `fig_format`)."""
+    from workbench.analysis.figures import download_config
+
+    fmt = st.session_state.get("fig_format", "png")
+    st.plotly_chart(fig, key=key, config=download_config(name or key, fmt=fmt))
+
+
+def csv_button(df: pd.DataFrame, name: str, key: str, label: str = "Download CSV") -> None:
+    """A CSV download of a shown table (tuples / lists as comma-joined text)."""
+    plain = df.copy()
+    for c in plain.columns:
+        if plain[c].map(lambda v: isinstance(v, (tuple, list))).any():
+            plain[c] = plain[c].map(lambda v: ", ".join(map(str, v)) if isinstance(v, (tuple, list)) else v)
+    st.download_button(label, plain.to_csv(index=False), file_name=f"{name}.csv", mime="text/csv", key=key)
+
+
+def table(df: pd.DataFrame, key: str, name: str | None = None, **kwargs) -> None:
+    """st.dataframe and its CSV download below it."""
+    st.dataframe(df, key=key, **{"hide_index": True, "width": "stretch", **kwargs})
+    csv_button(df, name or key, key=f"{key}_csv")

@@ -2,7 +2,8 @@
 
 Pages (app/views/, registered with st.navigation; not `pages/`, which Streamlit would also
 auto-discover): Runs (the registry, live progress), Launch (start `workbench run` in the background),
-Results (ours beside the papers), Run detail (curves, similarities, embeddings, confusion). The registry is `$WORKBENCH_RUNS` (default `workbench.paths.runs_dir()`). The app holds no
+Results (ours beside the papers), Run detail (curves, similarities, embeddings, confusion, the method's
+inspector plots), Compare runs (overlaid curves, metric differences, paired test over seeds, settings diff). The registry is `$WORKBENCH_RUNS` (default `workbench.paths.runs_dir()`). The app holds no
 method logic: it calls `workbench.runs`, `workbench.analysis` and `workbench.launcher`.
 Served on 127.0.0.1 by `.streamlit/config.toml` when started from the repository root.
 """
@@ -27,6 +28,7 @@ PAGES = [
     st.Page(str(APP_DIR / "views" / "launch.py"), title="Launch", icon="🚀", url_path="launch"),
     st.Page(str(APP_DIR / "views" / "results.py"), title="Results", icon="📊", url_path="results"),
     st.Page(str(APP_DIR / "views" / "run_detail.py"), title="Run detail", icon="🔎", url_path="run"),
+    st.Page(str(APP_DIR / "views" / "compare.py"), title="Compare runs", icon="⚖️", url_path="compare"),
 ]
 
 page = st.navigation(PAGES)
@@ -37,4 +39,6 @@ with st.sidebar:
         st.warning(f"Listening on `{address or 'every interface'}`, not only localhost"
                    + ("." if launcher.serving_allowed(address) else ": launching is off."))
     st.caption(f"Registry: `{appcore.runs_root()}`")
+    st.radio("Figure downloads (📷 in each figure's toolbar)", ["png", "svg"], key="fig_format", horizontal=True,
+             format_func=str.upper)
 page.run()

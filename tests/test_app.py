@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from data_fixtures import make_eurosat  # noqa: E402
+from data_fixtures import EURO_RENAMED, make_eurosat  # noqa: E402
 from workbench.analysis.metrics import confusion_matrix  # noqa: E402
 from workbench import launcher  # noqa: E402
 from workbench.runs import Registry, RunSpec  # noqa: E402
@@ -114,7 +114,11 @@ def test_runs_page_lists_the_run_and_opens_its_detail(monkeypatch, populated):
     assert table["progress"].iloc[0] == 1.0 and table["method"].iloc[0] == "coop"
     assert table["hm"].iloc[0] == pytest.approx(run.metrics["hm"])
     assert table["details"].iloc[0] == f"run?run={run.short_hash}"
-    assert at.toggle(key="runs_autorefresh").value is False  # nothing running
+    # what fits at 1400 px comes first: identity, name, status, progress, then base / new / HM
+    assert list(table.columns[:11]) == ["run", "name", "method", "datasets", "shots", "seed", "status", "progress",
+                                        "base", "new", "hm"]
+    assert at.toggle(key="runs_autorefresh").value is True  # watches for new runs even when none is active
+    assert "refreshing" not in texts(at)  # ...but the table itself only refreshes while something runs
     at.multiselect(key="f_status").set_value(["done"]).run()
     assert len(frame(at, "progress")) == 1
     at.multiselect(key="f_method").set_value(["coop"]).run()
@@ -159,15 +163,21 @@ def test_run_detail_views(monkeypatch, populated):
     np.testing.assert_allclose(arr(spec["data"][0]["x"]), expected, atol=1e-9)
     assert spec["data"][0]["name"].startswith("true class")
 
-    # embeddings: t-SNE and UMAP of base + new images, coloured base vs new
+    # embeddings: the projection asked for (t-SNE first), base + new images coloured base vs new
     at.radio(key="d_view").set_value("embeddings").run()
     no_exceptions(at)
     n_images = sum(len(load_embeddings(run.dir, k)["image"]) for k in ("base", "new"))
-    specs = chart_specs(at)
-    assert len(specs) == 2 and [s["layout"]["title"]["text"].split(" ·")[0] for s in specs] == ["t-SNE", "UMAP"]
-    for s in specs:
+    for method, label in (("tsne", "t-SNE"), ("umap", "UMAP")):
+        at.radio(key="d_emb_method").set_value(method).run()
+        no_exceptions(at)
+        (s,) = chart_specs(at)  # only the one asked for
+        assert s["layout"]["title"]["text"].split(" ·")[0] == label
         assert [t["name"] for t in s["data"]] == ["base classes", "new classes"]
         assert sum(len(arr(t["x"])) for t in s["data"]) == n_images
+    at.radio(key="d_emb_color").set_value("class").run()
+    (s,) = chart_specs(at)
+    assert [t["name"] for t in s["data"]] == EURO_RENAMED  # CoOp's EuroSAT names, one colour each
+    assert len({t["marker"]["color"] for t in s["data"]}) == len(EURO_RENAMED)
 
     # confusion: z is the confusion matrix of the stored predictions, with class names
     at.radio(key="d_view").set_value("confusion").run()
@@ -177,7 +187,7 @@ def test_run_detail_views(monkeypatch, populated):
     names = [str(c) for c in load_embeddings(run.dir, "base")["classnames"]]
     np.testing.assert_array_equal(arr(spec["data"][0]["z"]),
                                   confusion_matrix(preds["labels"], preds["preds"], len(names)))
-    assert spec["data"][0]["x"] == names
+    assert spec["data"][0]["x"] == names == EURO_RENAMED[:3]  # base half, as CoOp renames EuroSAT's classes
     at.selectbox(key="d_conf_split").set_value("new").run()
     assert arr(chart_specs(at)[0]["data"][0]["z"]).sum() == len(run.load_predictions("new")["labels"])
 
@@ -194,7 +204,11 @@ def test_run_detail_unknown_run_is_reported(monkeypatch, populated):
     at.switch_page("views/run_detail.py").run()
     no_exceptions(at)
     assert "No run 'ffffffffffff'" in at.error[0].value
-    assert at.selectbox(key="d_run").value == run.short_hash  # falls back to a run that exists
+    assert at.selectbox(key="d_run").value is None  # no other run in its place
+    assert not at.dataframe and not at.get("plotly_chart")
+    at.selectbox(key="d_run").set_value(run.short_hash).run()  # picking one shows it
+    no_exceptions(at)
+    assert not at.error and frame(at, "metric") is not None and at.query_params["run"] in (run.short_hash, [run.short_hash])
 
 
 def test_results_page_aggregates_and_compares(monkeypatch, populated):
@@ -206,7 +220,12 @@ def test_results_page_aggregates_and_compares(monkeypatch, populated):
     assert ours["eurosat · hm"].iloc[0] == f"{run.metrics['hm']:.2f} (n=1)" and ours["seeds"].iloc[0] == 1
     # a 2-shot toy-backbone run has no paper counterpart at that shot count: said, not hidden
     assert "None of the chosen papers" in texts(at)
-    assert at.expander[0].label.startswith("Our results without a paper value")
+    assert at.expander[0].label == "Our results without a paper value (3)"  # base/new/hm once, not once per paper
+    unmatched = frame(at, "papers without it")
+    assert list(unmatched["metric"]) == ["base", "new", "hm"] and "MMRL" in unmatched["papers without it"].iloc[0]
+    # a figure of ours over seeds even without any paper value: bars = the run's values
+    bars = [t for t in chart_specs(at)[0]["data"] if t["type"] == "bar"]
+    assert [t["y"][0] for t in bars] == pytest.approx([run.metrics[m] for m in ("base", "new", "hm")])
     at.multiselect(key="r_methods").set_value([]).run()
     no_exceptions(at)
 
@@ -226,7 +245,10 @@ def test_results_page_difference_to_the_paper(monkeypatch, tmp_path):
     row = table[(table["paper"] == "MMRL") & (table["metric"] == "base")].iloc[0]
     assert row["ours"] == f"92.00 ± {np.std([90, 94], ddof=1):.2f}" and row["paper value"] == 92.19
     assert row["difference"] == pytest.approx(92.0 - 92.19)
-    assert len(at.get("plotly_chart")) == 1
+    ours_fig, bar = chart_specs(at)  # ours over seeds, then ours vs the paper
+    paper = [t for t in bar["data"] if t["name"] == "paper"]
+    assert paper and all(v is not None for t in paper for v in arr(t["y"]))
+    assert bar["layout"]["yaxis"]["range"][0] > 0  # zoomed: differences of a few points show
 
 
 # ------------------------------------------------------------------------------------------------
@@ -441,3 +463,133 @@ def test_rerun_if_done_counts_the_runs_of_the_data_root_in_the_form(monkeypatch,
     at.switch_page("views/launch.py").run()
     fill_form(at, **FORCE_FORM, root=str(other))
     assert not fake_popen.calls and run.short_hash in at.warning[0].value
+
+
+# ------------------------------------------------------------------------------------------------
+# every state of a run, many runs, Compare, method inspectors
+# ------------------------------------------------------------------------------------------------
+def fake_run(reg: Registry, seed: int, status: str, method: str = "coop", metrics: dict | None = None, **spec):
+    run = reg.create_or_get(RunSpec(method=method, protocol="base_to_novel", datasets=("eurosat",), shots=16,
+                                    seed=seed, backbone="toy", **spec))
+    if metrics:
+        run.write_metrics(metrics)
+    run.set_status(status, error="RuntimeError: boom" if status == "failed" else None)
+    return run
+
+
+@pytest.mark.parametrize("status", ["pending", "running", "failed", "interrupted"])
+def test_pages_in_every_run_state(monkeypatch, tmp_path, status):
+    reg = Registry(tmp_path / "runs")
+    run = fake_run(reg, 1, status)
+    at = app(monkeypatch, reg.root).run()
+    no_exceptions(at)
+    assert status in frame(at, "progress")["status"].iloc[0]
+    assert ("refreshing every 2 s" in texts(at)) == (status in ("pending", "running"))
+    at.query_params["run"] = run.short_hash
+    at.switch_page("views/run_detail.py").run()
+    no_exceptions(at)
+    assert at.selectbox(key="d_run").value == run.short_hash
+    if status == "failed":
+        assert "RuntimeError: boom" in at.error[0].value
+    for page in ("views/results.py", "views/compare.py"):
+        at.switch_page(page).run()
+        no_exceptions(at)
+        assert at.info  # nothing finished / one run only: said so
+
+
+def test_run_picker_follows_the_status(monkeypatch, tmp_path):
+    reg = Registry(tmp_path / "runs")
+    run = fake_run(reg, 1, "running")
+    at = app(monkeypatch, reg.root)
+    at.query_params["run"] = run.short_hash
+    at.run()
+    at.switch_page("views/run_detail.py").run()
+    assert "running" in at.selectbox(key="d_run").options[0]
+    run.write_metrics({"base": 90.0, "new": 70.0, "hm": 78.75})
+    run.set_status("done")
+    at.run()  # what the status panel's rerun does once it sees the run finish
+    no_exceptions(at)
+    assert at.selectbox(key="d_run").options[0].endswith("done") and "running" not in at.selectbox(key="d_run").options[0]
+
+
+def test_many_runs(monkeypatch, tmp_path):
+    reg = Registry(tmp_path / "runs")
+    for seed in range(1, 31):
+        fake_run(reg, seed, "done", metrics={"base": 80.0 + seed % 5, "new": 70.0, "hm": 75.0}, name=f"r{seed}")
+    at = app(monkeypatch, reg.root).run()
+    no_exceptions(at)
+    table = frame(at, "progress")
+    assert len(table) == 30 and set(table["name"]) == {f"r{s}" for s in range(1, 31)}
+    at.switch_page("views/results.py").run()
+    no_exceptions(at)
+    assert frame(at, "seeds")["seeds"].iloc[0] == 30
+
+
+def test_compare_two_runs_and_two_groups(monkeypatch, tmp_path):
+    from scipy.stats import ttest_rel
+
+    reg = Registry(tmp_path / "runs")
+    coop = {1: 90.0, 2: 91.0, 3: 93.0}
+    mmrl = {1: 92.0, 2: 92.5, 3: 96.0, 4: 50.0}  # seed 4 has no partner
+    runs = {}
+    for seed, v in coop.items():
+        runs[("coop", seed)] = fake_run(reg, seed, "done", metrics={"hm": v})
+    for seed, v in mmrl.items():
+        runs[("mmrl", seed)] = fake_run(reg, seed, "done", method="mmrl", metrics={"hm": v})
+    a, b = runs[("coop", 1)], runs[("mmrl", 1)]
+    at = app(monkeypatch, reg.root)
+    at.query_params["runs"] = f"{a.short_hash},{b.short_hash}"
+    at.run()
+    at.switch_page("views/compare.py").run()
+    no_exceptions(at)
+    table = frame(at, "Δ hm")
+    assert list(table["run"]) == [a.short_hash, b.short_hash] and list(table["Δ hm"]) == [0.0, 2.0]
+    diff = frame(at, "setting").set_index("setting")
+    assert diff.loc["method", a.short_hash] == "coop" and diff.loc["method", b.short_hash] == "mmrl"
+
+    at.radio(key="c_mode").set_value("groups").run()
+    no_exceptions(at)
+    labels = at.selectbox(key="c_group_a").options
+    at.selectbox(key="c_group_a").set_value(next(o for o in labels if o.startswith("coop")))
+    at.selectbox(key="c_group_b").set_value(next(o for o in labels if o.startswith("mmrl"))).run()
+    no_exceptions(at)
+    test = frame(at, "std of differences").set_index("metric").loc["hm"]
+    oracle = ttest_rel([mmrl[s] for s in (1, 2, 3)], [coop[s] for s in (1, 2, 3)])
+    assert test["n"] == 3 and test["seeds"] == "1,2,3"
+    assert test["t"] == pytest.approx(oracle.statistic) and test["p"] == pytest.approx(oracle.pvalue)
+    summary = frame(at, "B − A").set_index("metric").loc["hm"]
+    assert summary["A n"] == 3 and summary["B n"] == 4
+
+
+def test_method_inspector_plots_come_from_the_method_class(monkeypatch, populated):
+    from workbench.methods import get_method_class
+
+    reg, run, _ = populated
+    monkeypatch.setattr(get_method_class("coop"), "plots",
+                        ({"kind": "heatmap", "columns": ["loss", "train_acc"], "title": "declared heatmap"},),
+                        raising=False)
+    at = app(monkeypatch, reg.root)
+    at.query_params["run"] = run.short_hash
+    at.run()
+    at.switch_page("views/run_detail.py").run()
+    no_exceptions(at)
+    specs = chart_specs(at)
+    heat = [s for s in specs if s["layout"].get("title", {}).get("text") == "declared heatmap"]
+    assert len(heat) == 1
+    history = reg.history(run).sort_values("epoch")
+    np.testing.assert_allclose(arr(heat[0]["data"][0]["z"]), history[["loss", "train_acc"]].to_numpy().T)
+
+
+def test_constant_series_are_shown_as_settings(monkeypatch, tmp_path):
+    reg = Registry(tmp_path / "runs")
+    run = fake_run(reg, 1, "done", method="mmrl", metrics={"hm": 80.0})
+    for epoch, (loss, norm) in enumerate(((2.0, 0.5), (1.5, 0.7)), start=1):
+        run.log_epoch(epoch, {"loss": loss, "alpha": 0.7, "lambda": 0.5, "token_norm.vision.1": norm})
+    at = app(monkeypatch, reg.root)
+    at.query_params["run"] = run.short_hash
+    at.run()
+    at.switch_page("views/run_detail.py").run()
+    no_exceptions(at)
+    assert at.multiselect(key="d_series").options == ["loss", "token_norm.vision.1"]  # only what changes
+    constants = frame(at, "series").set_index("series")["value"]
+    assert constants.to_dict() == {"alpha": 0.7, "lambda": 0.5}

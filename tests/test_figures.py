@@ -191,3 +191,66 @@ def test_comparison_bar_shows_ours_beside_the_paper(tmp_path):
     assert len(ours) == 1 and list(ours[0].y) == [92.0] and list(ours[0].error_y.array) == [pytest.approx(ci95)]
     assert "92.00 ± 2.83, n=2" in ours[0].customdata[0][0]
     assert len(paper) == 1 and list(paper[0].y) == [92.19]  # MMRL Table 1: CoOp, EuroSAT, base
+
+
+def _table(rows):
+    cols = ["protocol", "method", "paper_method", "dataset", "shots", "metric", "ours", "ours_std", "ours_ci95", "n",
+            "seeds", "ours_values", "paper", "diff", "note", "paper_table"]
+    out = pd.DataFrame([{**dict.fromkeys(cols, ""), **r} for r in rows], columns=cols)
+    out["shots"] = out["shots"].astype("Int64")
+    return out
+
+
+def test_comparison_figure_single_seed_and_missing_paper_values():
+    table = _table([
+        {"method": "coop", "paper_method": "CoOp", "dataset": "toy", "shots": 16, "metric": "base", "ours": 91.0,
+         "ours_std": np.nan, "ours_ci95": np.nan, "n": 1, "paper": np.nan},
+        {"method": "coop", "paper_method": "CoOp", "dataset": "eurosat", "shots": 16, "metric": "base", "ours": 92.0,
+         "ours_std": np.nan, "ours_ci95": np.nan, "n": 1, "paper": 93.5},
+        {"method": "kgcoop", "paper_method": "KgCoOp", "dataset": "eurosat", "shots": 16, "metric": "base",
+         "ours": 90.5, "ours_std": np.nan, "ours_ci95": np.nan, "n": 1, "paper": 91.0}])
+    fig = compare_figure(table)
+    legend = [t.name for t in fig.data if t.showlegend]
+    assert legend == ["ours", "paper"]  # each once, though the first panel has no paper value
+    paper = [t for t in fig.data if t.name == "paper"]
+    assert all(pd.notna(list(t.y)).all() for t in paper)  # no empty paper series
+    assert all(t.error_y.array is None for t in fig.data if t.name == "ours")  # n = 1: no error bars
+    lo, hi = fig.layout.yaxis.range
+    assert 0 < lo < 90.5 and hi > 93.5 and hi - lo < 10  # zoomed: a 1-3 point difference is visible
+
+
+def compare_figure(table):
+    return figures.comparison_bar(table)
+
+
+def test_many_colors_are_distinct_and_the_scatter_has_a_legend():
+    colors = figures.many_colors(48)
+    assert len(colors) == 48 and len(set(c.lower() for c in colors)) == 48
+    assert len(set(figures.many_colors(100))) == 100
+    coords = np.random.default_rng(0).normal(size=(96, 2))
+    names = [f"class {i}" for i in range(48)] * 2
+    fig = figures.embedding_scatter(coords, classnames=names, color_by="class")
+    assert len(fig.data) == 48 and fig.layout.showlegend is not False
+    assert len({t.marker.color for t in fig.data}) == 48
+    assert all("class: " in h for t in fig.data for h in t.text)
+
+
+def test_seeds_figure_bars_dots_and_ci():
+    ours = pd.DataFrame({"method": ["coop", "zeroshot"], "dataset": "toy", "metric": "base",
+                         "mean": [92.0, 74.4], "std": [np.std([90, 94], ddof=1), np.nan],
+                         "ci95": [sp.t.ppf(0.975, 1) * np.std([90, 94], ddof=1) / np.sqrt(2), np.nan],
+                         "n": [2, 1], "seeds": ["1,2", "1"], "values": [(90.0, 94.0), (74.4,)]})
+    fig = figures.seeds_figure(ours)
+    bars = [t for t in fig.data if t.type == "bar"]
+    dots = [t for t in fig.data if t.type == "scatter"]
+    assert [list(b.y) for b in bars] == [[92.0], [74.4]]
+    assert list(bars[0].error_y.array) == [pytest.approx(ours["ci95"][0])] and bars[1].error_y.array is None
+    assert [list(d.y) for d in dots] == [[90.0, 94.0], [74.4]]
+
+
+def test_download_config_and_overlay():
+    assert figures.download_config("x", "svg")["toImageButtonOptions"] == {"format": "svg", "filename": "x",
+                                                                          "scale": figures.DOWNLOAD_SCALE}
+    h1 = pd.DataFrame({"epoch": [2, 1], "loss": [1.0, 2.0]})
+    fig = figures.overlay_history({"a": h1, "b": pd.DataFrame({"epoch": [1], "acc": [3.0]})}, "loss")
+    assert [t.name for t in fig.data] == ["a"] and list(fig.data[0].y) == [2.0, 1.0]

@@ -87,6 +87,8 @@ for protocol, part in view.groupby("protocol", sort=True):
                      column_config={"value": st.column_config.NumberColumn("value", format="%.2f"),
                                     "run": st.column_config.LinkColumn("run", display_text="open ↗",
                                                                        help="open the run detail page")})
+    appcore.plot(figures.seeds_figure(part, label="config", title=f"Ours · {protocol}"), key=f"r_seeds_{protocol}",
+                 name=f"ours_{protocol}")
 st.download_button("Download (CSV)", view.drop(columns=["config"]).assign(values=view["values"].map(format_values))
                    .to_csv(index=False),
                    file_name="workbench_results.csv", mime="text/csv", key="r_download")
@@ -125,7 +127,7 @@ else:
         "95% CI": [format_ci(compare.table_summary(r)) for _, r in matched.iterrows()],
         "seeds": matched["n"], "paper value": matched["paper"], "difference": matched["diff"],
     })
-    st.dataframe(table, hide_index=True, width="stretch", key="r_compare",
+    appcore.table(table, key="r_compare", name="ours_vs_papers",
                  column_config={"paper value": st.column_config.NumberColumn(format="%.2f"),
                                 "difference": st.column_config.NumberColumn(format="%+.2f", help="ours − paper")})
     c1, c2 = st.columns(2)
@@ -133,13 +135,26 @@ else:
     protocols = list(dict.fromkeys(matched[matched["source"] == chart_paper]["protocol"]))
     chart_protocol = c2.selectbox("Chart: protocol", protocols, key="r_chart_protocol")
     sel = compared[(compared["source"] == chart_paper) & (compared["protocol"] == chart_protocol)]
-    st.plotly_chart(figures.comparison_bar(sel.dropna(subset=["paper"]),
-                                           title=f"Ours vs {chart_paper} · {chart_protocol}"), key="r_bar")
+    appcore.plot(figures.comparison_bar(sel.dropna(subset=["paper"]),
+                                        title=f"Ours vs {chart_paper} · {chart_protocol}"), key="r_bar",
+                 name=f"ours_vs_{chart_paper}_{chart_protocol}")
     st.caption("Error bars: 95% CI of our mean over seeds (none for a single seed).")
 unmatched = compared[compared["paper"].isna() & compared["ours"].notna()]
-if len(unmatched):
-    with st.expander(f"Our results without a paper value ({len(unmatched)})"):
-        shown = unmatched.assign(ours=[format_summary(compare.table_summary(r)) for _, r in unmatched.iterrows()])
-        st.dataframe(shown[["source", "protocol", "method", "dataset", "shots", "metric", "ours", "n", "note"]]
-                     .rename(columns={"source": "paper", "n": "seeds"}), hide_index=True, width="stretch",
-                     key="r_unmatched")
+if len(unmatched):  # each of our cells once, whichever papers lack it (not once per paper)
+    cells: dict = {}
+    for _, r in unmatched.iterrows():
+        k = (r["protocol"], r["method"], r["dataset"], None if pd.isna(r["shots"]) else int(r["shots"]), r["metric"])
+        first = cells.setdefault(k, {"row": r, "papers": [], "notes": []})
+        first["papers"].append(r["source"])
+        if r["note"] and r["note"] not in first["notes"]:
+            first["notes"].append(r["note"])
+    summaries = [compare.table_summary(c["row"]) for c in cells.values()]
+    shown = pd.DataFrame({
+        **{c: [k[i] for k in cells] for i, c in enumerate(["protocol", "method", "dataset", "shots", "metric"])},
+        "ours": [format_summary(s) for s in summaries], "95% CI": [format_ci(s) for s in summaries],
+        "seeds": [s.n for s in summaries], "values": [format_values(s.values) for s in summaries],
+        "papers without it": [", ".join(dict.fromkeys(c["papers"])) for c in cells.values()],
+        "note": ["; ".join(c["notes"]) for c in cells.values()]})
+    shown["shots"] = shown["shots"].astype("Int64")
+    with st.expander(f"Our results without a paper value ({len(shown)})"):
+        appcore.table(shown, key="r_unmatched", name="ours_without_paper_value")

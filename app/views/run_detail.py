@@ -9,8 +9,9 @@ import streamlit as st
 
 import appcore
 from workbench.analysis import embeddings as emb
-from workbench.analysis import figures
+from workbench.analysis import figures, inspect
 from workbench.analysis.metrics import confusion_matrix, per_class_accuracy
+from workbench.methods import get_method_class
 from workbench.runs import load_embeddings
 
 VIEWS = {"curves": "Training curves", "similarity": "Similarities", "embeddings": "Embeddings",
@@ -32,11 +33,22 @@ if wanted and wanted != st.session_state.get("d_run_param"):  # a link / switch_
     match = [h for h in options if h.startswith(wanted)]
     if len(match) == 1:
         st.session_state["d_run"] = match[0]
-    else:
-        st.error(f"No run {wanted!r} in `{reg.root}`" if not match else f"Run prefix {wanted!r} is ambiguous")
-if st.session_state.get("d_run") not in options:
+    else:  # say so, and show no run until one is picked (never silently another one)
+        st.session_state["d_run_missing"] = (f"No run {wanted!r} in `{reg.root}`" if not match
+                                             else f"Run prefix {wanted!r} is ambiguous ({len(match)} runs)")
+        st.session_state["d_run"] = None
+elif st.session_state.get("d_run") not in options and "d_run_missing" not in st.session_state:
     st.session_state.pop("d_run", None)
-short = st.selectbox("Run", options, format_func=labels.get, key="d_run")
+if st.session_state.get("d_run") in options:  # a run was picked since
+    st.session_state.pop("d_run_missing", None)
+missing = st.session_state.get("d_run_missing")
+if missing:
+    st.error(missing + ". Pick a run below.")
+short = st.selectbox("Run", options, format_func=labels.get, key="d_run", index=None if missing else 0,
+                     placeholder="Choose a run")
+if short is None:
+    st.stop()
+st.session_state.pop("d_run_missing", None)
 st.query_params["run"] = st.session_state["d_run_param"] = short
 run = reg.get(short)
 row = runs[runs["short_hash"] == short].iloc[0]
@@ -58,8 +70,8 @@ def status_panel() -> None:
         st.error(f"Run failed: {info['error']} (traceback in the Log view)")
     if status in appcore.ACTIVE:
         st.caption("Refreshing every 2 s while the run is active.")
-    elif row["status"] in appcore.ACTIVE:  # it just finished: redraw the whole page (metrics, plots)
-        st.rerun()
+    if status != row["status"]:  # it finished (or started): redraw the whole page (run picker, metrics, plots)
+        st.rerun(scope="app")
 
 
 status_panel()
@@ -70,7 +82,7 @@ with c1:
     if metrics:
         flat = pd.DataFrame({"metric": list(appcore.flatten(metrics)),
                              "value": [appcore.format_value(v) for v in appcore.flatten(metrics).values()]})
-        st.dataframe(flat, hide_index=True, width="stretch", key="d_metrics")
+        appcore.table(flat, key="d_metrics", name=f"{short}_metrics")
     else:
         st.caption("No final metrics yet.")
 with c2:
@@ -88,10 +100,10 @@ with c2:
     with st.expander(f"Resolved settings ({len(settings)})" if not spec_obj.is_legacy
                      else "Settings (legacy run: preset name and overrides only)"):
         explicit = set(spec_obj.settings)
-        st.dataframe(pd.DataFrame({"setting": list(settings),
-                                   "value": [json.dumps(v, sort_keys=True, default=str) for v in settings.values()],
-                                   "set explicitly": [k in explicit for k in settings]}),
-                     hide_index=True, width="stretch", key="d_settings")
+        appcore.table(pd.DataFrame({"setting": list(settings),
+                                    "value": [json.dumps(v, sort_keys=True, default=str) for v in settings.values()],
+                                    "set explicitly": [k in explicit for k in settings]}),
+                      key="d_settings", name=f"{short}_settings")
     st.caption(f"hash `{run.hash}` · folder `{run.dir}`")
 
 view_param = str(st.query_params.get("view", ""))
@@ -101,6 +113,11 @@ view = st.radio("View", list(VIEWS), format_func=VIEWS.get, horizontal=True, key
                 label_visibility="collapsed")
 st.query_params["view"] = st.session_state["d_view_param"] = view
 st.divider()
+
+try:  # the plots the method declares (`Method.plots`); the app knows no method by name
+    plots = inspect.declared_plots(get_method_class(run.spec.method))
+except Exception:  # an unregistered (removed) method, a bad declaration: its defaults
+    plots = []
 
 stored_keys = emb.stored_keys(run.dir)
 predictions = run.load_predictions()
@@ -117,21 +134,37 @@ def classnames_for(key: str) -> list[str] | None:
 # ------------------------------------------------------------------------------------------------
 @st.fragment(run_every=2.0 if row["status"] in appcore.ACTIVE else None)
 def curves_view() -> None:
-    """Training curves; redrawn every 2 s while the run is active (a new epoch, a new point)."""
+    """Training curves; redrawn every 2 s while the run is active (a new epoch, a new point). Series that
+    stay constant over training are settings, not learned values: listed, not plotted."""
     history = reg.history(run)
-    columns = figures.numeric_history_columns(history) if not history.empty else []
-    if history.empty or not columns:
+    columns, constants = inspect.split_history(history)
+    if history.empty or not (columns or constants):
         st.info("No per-epoch history for this run (zero-shot runs train nothing; running runs log after "
                 "each epoch).")
-    else:
+        return
+    if columns:
         c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
         chosen = c1.multiselect("Series", columns, default=columns, key="d_series",
-                                help="loss, accuracy, learning rate and any learned scalars the method reports")
+                                help="loss, accuracy, learning rate and the values the method records that change")
         separate = c2.toggle("One panel per series", value=True, key="d_separate")
         if chosen:
-            st.plotly_chart(figures.history_figure(history, chosen, separate=separate, title=None), key="d_history")
-        with st.expander("History table"):
-            st.dataframe(history, hide_index=True, width="stretch")
+            appcore.plot(figures.history_figure(history, chosen, separate=separate, title=None), key="d_history",
+                         name=f"{short}_history")
+    if constants:
+        settings = run.spec.resolved_settings() if not run.spec.is_legacy else {}
+        same = {k: [s for s, v in settings.items() if s.rsplit(".", 1)[-1] == k or (s.startswith("method.") and v == value)]
+                for k, value in constants.items()}
+        st.markdown("**Constant over training** (fixed settings the method reports, not learned; every "
+                    "resolved setting is in *Resolved settings* above)")
+        st.dataframe(pd.DataFrame({"series": list(constants), "value": list(constants.values()),
+                                   "matching settings": [", ".join(same[k][:4]) for k in constants]}),
+                     hide_index=True, width="stretch", key="d_constants")
+    for i, declared in enumerate(plots):
+        fig = inspect.inspector_figure(history, declared)
+        if fig is not None:
+            appcore.plot(fig, key=f"d_inspect_{i}", name=f"{short}_{declared['kind']}_{i}")
+    with st.expander("History table"):
+        appcore.table(history, key="d_history_table", name=f"{short}_history")
 
 
 if view == "curves":
@@ -145,14 +178,14 @@ elif view == "similarity":
         if "image" in stored and "classes" in stored:
             fig = figures.similarity_histogram(image=stored["image"], classes=stored["classes"],
                                                labels=stored["labels"], title=f"{key}: true-class vs other-class cosine")
-            st.plotly_chart(fig, key="d_similarity")
+            appcore.plot(fig, key="d_similarity", name=f"{short}_{key}_similarity")
             st.caption(f"Cosine between each stored image embedding ({len(stored['image'])}) and its own class's "
                        "text embedding vs every other class's.")
         elif key in predictions and "logits" in predictions[key]:
             p = predictions[key]
             fig = figures.similarity_histogram(logits=p["logits"], labels=p["labels"],
                                                title=f"{key}: true-class vs other-class scores")
-            st.plotly_chart(fig, key="d_similarity")
+            appcore.plot(fig, key="d_similarity", name=f"{short}_{key}_similarity")
             st.caption("This method stored no class embeddings, so these are its output scores (logits), not cosines.")
         else:
             st.info(f"No class embeddings or logits stored for {key!r}.")
@@ -170,25 +203,32 @@ elif view == "embeddings":
                             format_func=lambda v: "base vs new classes" if v == "group" else "class",
                             index=0 if which == "base + new" else 1)
         cap = int(c3.number_input("Max points", 50, emb.DEFAULT_CAP * 5, emb.DEFAULT_CAP, step=50, key="d_emb_cap"))
+        method = st.radio("Projection", list(emb.METHODS), format_func=emb.LABELS.get, horizontal=True,
+                          key="d_emb_method", help="computed once per run, split and size, then cached")
         pts = emb.stacked_embeddings(run.dir, keys)
         mtime = (run.dir / "embeddings.npz").stat().st_mtime_ns
 
         @st.cache_data(show_spinner=False, max_entries=32)
-        def projected(run_dir: str, keys: tuple, method: str, cap: int, mtime: int):
+        def projected(run_dir: str, mtime: int, keys: tuple, method: str, cap: int):
             p = emb.stacked_embeddings(run_dir, list(keys))
             return emb.project(p.image, method, random_state=0, cap=cap)
 
-        cols = st.columns(2)
-        for col, method in zip(cols, ("tsne", "umap")):
-            with col:
-                note = " (the first UMAP in a session compiles numba code: up to a minute)" if method == "umap" else ""
-                with st.spinner(f"{emb.LABELS[method]} of {min(len(pts.image), cap)} points{note}…"):
-                    xy = projected(str(run.dir), tuple(keys), method, cap, mtime)
-                st.plotly_chart(figures.embedding_scatter(
-                    xy.coords, classnames=pts.classname[xy.index], groups=pts.group[xy.index], color_by=color_by,
-                    title=f"{emb.LABELS[method]} · {which} ({len(xy.index)} images)"), key=f"d_{method}")
+        n = min(len(pts.image), cap)
+        note = " (the first UMAP in a session compiles numba code: up to a minute)" if method == "umap" else ""
+        with st.status(f"{emb.LABELS[method]} of {n} points{note}…", expanded=False) as progress:
+            import time as _time
+
+            t0 = _time.perf_counter()
+            xy = projected(str(run.dir), mtime, tuple(keys), method, cap)
+            progress.update(label=f"{emb.LABELS[method]} of {n} points: {_time.perf_counter() - t0:.1f} s "
+                                  "(cached for this run)", state="complete")
+        appcore.plot(figures.embedding_scatter(
+            xy.coords, classnames=pts.classname[xy.index], groups=pts.group[xy.index], color_by=color_by,
+            title=f"{emb.LABELS[method]} · {which} ({len(xy.index)} images)"), key=f"d_{method}",
+            name=f"{short}_{method}")
         st.caption("Stored image embeddings (L2-normalised), projected with a fixed random_state; "
-                   f"subsampled to at most {cap} points.")
+                   f"subsampled to at most {cap} points. Hover a point for its class; click a legend entry "
+                   "to hide it, double-click to show only it.")
 
 elif view == "confusion":
     if not predictions:
@@ -200,16 +240,16 @@ elif view == "confusion":
         normalize = c2.toggle("Row %", value=False, key="d_conf_norm")
         p = predictions[key]
         names = classnames_for(key)
-        st.plotly_chart(figures.confusion_heatmap(p["labels"], p["preds"], names, normalize=normalize,
-                                                  title=f"{key}: confusion matrix ({len(p['labels'])} images)"),
-                        key="d_confusion")
+        appcore.plot(figures.confusion_heatmap(p["labels"], p["preds"], names, normalize=normalize,
+                                               title=f"{key}: confusion matrix ({len(p['labels'])} images)"),
+                     key="d_confusion", name=f"{short}_{key}_confusion")
         num = max(len(names or []), int(np.max(p["labels"], initial=-1)) + 1, int(np.max(p["preds"], initial=-1)) + 1)
         matrix = confusion_matrix(p["labels"], p["preds"], num)
         names = (names or []) + [f"class {i}" for i in range(len(names or []), num)]
-        st.dataframe(pd.DataFrame({"class": names, "images": matrix.sum(axis=1),
-                                   "accuracy (%)": per_class_accuracy(matrix)}),
-                     hide_index=True, width="stretch", key="d_per_class",
-                     column_config={"accuracy (%)": st.column_config.NumberColumn(format="%.1f")})
+        appcore.table(pd.DataFrame({"class": names, "images": matrix.sum(axis=1),
+                                    "accuracy (%)": per_class_accuracy(matrix)}),
+                      key="d_per_class", name=f"{short}_{key}_per_class",
+                      column_config={"accuracy (%)": st.column_config.NumberColumn(format="%.1f")})
 
 elif view == "log":
     text = run.read_log()

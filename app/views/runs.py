@@ -12,19 +12,37 @@ reg = appcore.registry()
 runs = appcore.list_runs(reg)
 launches = launcher.list_launches(reg.root, limit=20)
 
+WATCH_EVERY = 2.0  # seconds between looks at the registry (a launched run appears within this)
+
+
+def signature(df: pd.DataFrame, recs: list) -> tuple:
+    """What changes the page's shape: which runs exist, their status, and which launches still run."""
+    return (tuple(zip(df["short_hash"], df["status"])) if not df.empty else (),
+            tuple(rec["state"] for rec in recs))
+
+
+loaded = signature(runs, launches)
+launching = any(rec["state"] == "running" for rec in launches)
+live = st.session_state.get("runs_autorefresh", True)
+
+
+@st.fragment(run_every=WATCH_EVERY if live else None)
+def watch() -> None:
+    """Re-read the registry every 2 s, whether or not anything ran at page load: a new run, a status
+    change or a launch ending redraws the page (filters, table, run picker)."""
+    if live and signature(appcore.list_runs(reg), launcher.list_launches(reg.root, limit=20)) != loaded:
+        st.rerun()
+
+
+watch()
 if runs.empty:
     st.info(f"No runs yet in `{reg.root}`. Start one on the **Launch** page, or from a shell with "
             "`workbench run --method coop --dataset toy_objects`.")
     st.page_link("views/launch.py", label="Launch a run", icon="🚀")
-    if any(rec["state"] == "running" for rec in launches):
-
-        @st.fragment(run_every=3.0)
-        def wait_for_runs() -> None:
-            if not appcore.list_runs(reg).empty:
-                st.rerun()  # the launched run registered itself: show the table
-            st.caption("A launched process is starting; its runs appear here as soon as they register.")
-
-        wait_for_runs()
+    if launching:
+        st.caption("A launched process is starting; its runs appear here as soon as they register.")
+    st.toggle("Auto-refresh (2 s)", value=True, key="runs_autorefresh",
+              help="look for new runs every 2 seconds while this page is open")
 else:
     cols = st.columns([1, 1, 1, 1, 0.9])
     filters = {
@@ -34,9 +52,9 @@ else:
                                       help="the run's (source) dataset"),
         "status": cols[3].multiselect("Status", sorted(runs["status"].unique()), key="f_status"),
     }
-    active = bool(runs["status"].isin(appcore.ACTIVE).any())
-    auto = cols[4].toggle("Auto-refresh (2 s)", value=active, key="runs_autorefresh",
-                          help="re-read the registry every 2 seconds while this page is open")
+    active = bool(runs["status"].isin(appcore.ACTIVE).any()) or launching
+    cols[4].toggle("Auto-refresh (2 s)", value=True, key="runs_autorefresh",
+                   help="re-read the registry every 2 seconds: new runs appear, progress moves while runs are active")
 
     def apply_filters(df: pd.DataFrame) -> pd.DataFrame:
         for col, chosen in filters.items():
@@ -44,19 +62,19 @@ else:
                 df = df[df[col].isin(chosen)]
         return df
 
-    @st.fragment(run_every=2.0 if auto else None)
+    @st.fragment(run_every=2.0 if live and active else None)
     def live_table() -> None:
-        everything = appcore.list_runs(reg)
-        if auto and (len(everything) != len(runs) or everything["status"].tolist() != runs["status"].tolist()):
-            st.rerun()  # a run appeared or changed status: refresh the filters and the run picker too
+        everything = appcore.list_runs(reg) if live and active else runs
         df = apply_filters(everything)
         counts = df["status"].value_counts()
         st.caption(f"{len(df)} run(s) shown · " + " · ".join(
-            f"{appcore.STATUS_ICONS.get(s, '')} {counts[s]} {s}" for s in counts.index))
+            f"{appcore.STATUS_ICONS.get(s, '')} {counts[s]} {s}" for s in counts.index)
+            + (" · refreshing every 2 s" if live and active else ""))
         table = appcore.runs_display_table(df)
         metrics = [c for c in appcore.HEADLINE_METRICS if c in table.columns]
         st.dataframe(table, hide_index=True, width="stretch", column_config=appcore.runs_column_config(metrics),
                      key="runs_table")
+        appcore.csv_button(table, "workbench_runs", key="runs_csv")
 
     live_table()
 

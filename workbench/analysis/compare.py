@@ -437,27 +437,53 @@ def comparison_figure(table: pd.DataFrame, metric: str | Sequence[str] | None = 
     fig = make_subplots(rows=len(rows_keys), cols=len(datasets), subplot_titles=titles, shared_yaxes=True,
                         vertical_spacing=min(0.12, 0.6 / max(len(rows_keys), 1)),
                         horizontal_spacing=min(0.06, 0.3 / max(len(datasets), 1)))
+    shown: set = set()  # legend entries already drawn (one per series, only for series with bars)
     for i, rk in enumerate(rows_keys, start=1):
         for j, d in enumerate(datasets, start=1):
             cell = data[(data["_row"] == rk) & (data["dataset"] == d)]
             if cell.empty:
                 continue
-            first = i == 1 and j == 1
-            fig.add_trace(go.Bar(
-                x=cell["method"], y=cell["ours"], name="ours", marker_color=OURS_COLOR, showlegend=first,
-                legendgroup="ours", error_y=dict(type="data", array=error_bars(cell)),
-                customdata=np.stack([_hover_text(cell)], axis=-1),
-                hovertemplate="%{x}<br>ours %{customdata[0]}<extra></extra>"), row=i, col=j)
-            fig.add_trace(go.Bar(
-                x=cell["method"], y=cell["paper"], name="paper", marker_color=PAPER_COLOR, showlegend=first,
-                legendgroup="paper", text=cell["paper_method"],
-                hovertemplate="%{x}<br>paper %{y:.2f} (%{text})<extra></extra>"), row=i, col=j)
+            bars = error_bars(cell)
+            error_y = (dict(type="data", array=bars, visible=True)
+                       if any(b is not None for b in bars) else None)  # no bars at all for n = 1
+            if cell["ours"].notna().any():
+                fig.add_trace(go.Bar(
+                    x=cell["method"], y=cell["ours"], name="ours", marker_color=OURS_COLOR,
+                    showlegend="ours" not in shown, legendgroup="ours", error_y=error_y,
+                    customdata=np.stack([_hover_text(cell)], axis=-1),
+                    hovertemplate="%{x}<br>ours %{customdata[0]}<extra></extra>"), row=i, col=j)
+                shown.add("ours")
+            if cell["paper"].notna().any():  # no empty "paper" series (toy datasets)
+                fig.add_trace(go.Bar(
+                    x=cell["method"], y=cell["paper"], name="paper", marker_color=PAPER_COLOR,
+                    showlegend="paper" not in shown, legendgroup="paper", text=cell["paper_method"],
+                    hovertemplate="%{x}<br>paper %{y:.2f} (%{text})<extra></extra>"), row=i, col=j)
+                shown.add("paper")
+    has_bars = any(b is not None for b in error_bars(data))
     fig.update_layout(barmode="group", template="plotly_white", title=title,
                       height=max(320, 260 * len(rows_keys)), width=max(600, 330 * len(datasets)),
                       legend=dict(orientation="h", yanchor="bottom", y=1.04, xanchor="left", x=0,
-                                  title_text=ERROR_BARS))
+                                  title_text=ERROR_BARS if has_bars else "single seed: no error bars"))
     fig.update_yaxes(title_text="accuracy (%)", col=1)
+    y_range = value_range(data)
+    if y_range is not None:
+        fig.update_yaxes(range=y_range)
     return fig
+
+
+def value_range(table: pd.DataFrame, min_pad: float = 1.0) -> list[float] | None:
+    """A y range around the bars' values (ours ± CI and the paper's) so that 1–3 point differences show:
+    [low − pad, high + pad] with pad = max(min_pad, 25% of the spread), never below 0; None when the
+    lowest value is under a quarter of the highest (then 0 is kept)."""
+    ci = table["ours_ci95"].fillna(0) if "ours_ci95" in table.columns else 0
+    values = pd.concat([table["ours"] - ci, table["ours"] + ci, table["paper"]]).dropna()
+    if values.empty:
+        return None
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= 0 or lo < 0.25 * hi:
+        return None
+    pad = max(min_pad, 0.25 * (hi - lo))
+    return [max(0.0, lo - pad), hi + pad]
 
 
 def shots_figure(table: pd.DataFrame, metric: str = "top1", *, title: str | None = "Accuracy vs shots"):

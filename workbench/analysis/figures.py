@@ -30,6 +30,44 @@ GROUP_COLORS = {"base": BASE_COLOR, "new": NEW_COLOR}
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf"]
 HISTORY_SKIP = {"epoch", "hash", "step"}
+# downloads from the modebar: PNG by default; `download_config(fmt="svg")` for SVG
+DOWNLOAD_SCALE = 2
+
+
+def many_colors(n: int) -> list[str]:
+    """`n` distinguishable colours: plotly's Dark24 then Alphabet, Light24 (72), then evenly spaced hues."""
+    from plotly.colors import qualitative as q
+
+    base = list(dict.fromkeys(q.Dark24 + q.Alphabet + q.Light24))
+    if n <= len(base):
+        return base[:n] if n > len(PALETTE) else PALETTE[:n]
+    import colorsys
+
+    extra = [colorsys.hls_to_rgb((i * 0.618033988749895) % 1, 0.35 + 0.3 * (i % 3) / 2, 0.75) for i in range(n - len(base))]
+    return base + ["#%02x%02x%02x" % tuple(int(255 * c) for c in rgb) for rgb in extra]
+
+
+def download_config(name: str = "figure", fmt: str = "png") -> dict:
+    """Plotly `config` for st.plotly_chart / fig.show: the modebar's camera button downloads `name`.`fmt`
+    ("png" or "svg")."""
+    return {"toImageButtonOptions": {"format": fmt, "filename": name, "scale": DOWNLOAD_SCALE},
+            "displaylogo": False}
+
+
+def overlay_history(histories: dict, column: str, *, title: str | None = None) -> go.Figure:
+    """One line per run (`histories`: label -> history DataFrame) of history `column` against epoch;
+    runs without the column are left out."""
+    fig = go.Figure()
+    colors = many_colors(max(len(histories), 1))
+    for i, (label, history) in enumerate(histories.items()):
+        if history is None or history.empty or column not in history.columns:
+            continue
+        data = history.sort_values("epoch")
+        fig.add_trace(go.Scatter(x=data["epoch"].to_numpy(), y=pd.to_numeric(data[column], errors="coerce").to_numpy(),
+                                 name=str(label), mode="lines+markers", line=dict(color=colors[i])))
+    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(title_text=column)
+    return _layout(fig, title if title is not None else column, height=360)
 
 
 def _layout(fig: go.Figure, title: str | None, **kw) -> go.Figure:
@@ -176,18 +214,22 @@ def embedding_scatter(coords, *, classnames: Sequence[str] | None = None, groups
         raise ValueError("color_by must be 'group' or 'class'")
     keys = groups if color_by == "group" else classnames
     fig = go.Figure()
-    for i, key in enumerate(dict.fromkeys(keys.tolist())):
+    names = list(dict.fromkeys(keys.tolist()))
+    colors = many_colors(len(names))  # one distinct colour per class (48 toy classes: 48 colours)
+    for i, key in enumerate(names):
         sel = keys == key
         color = GROUP_COLORS.get(str(key)) if color_by == "group" else None
         label = f"{key} classes" if color_by == "group" and key in GROUP_COLORS else str(key)
         hover = [f"class: {c}<br>split: {g}" for c, g in zip(classnames[sel], groups[sel])]
         fig.add_trace(go.Scatter(x=coords[sel, 0], y=coords[sel, 1], mode="markers", name=label, text=hover,
-                                 hoverinfo="text", marker=dict(size=7, opacity=0.8,
-                                                               color=color or PALETTE[i % len(PALETTE)])))
+                                 hoverinfo="text", marker=dict(size=7, opacity=0.8, color=color or colors[i])))
     fig.update_xaxes(showticklabels=False, title_text="")
     fig.update_yaxes(showticklabels=False, title_text="")
-    fig = _layout(fig, title, height=480)
-    if len(fig.data) > 30:  # a legend of hundreds of classes hides the plot; hover still names them
+    fig = _layout(fig, title, height=480 if len(names) <= 12 else 620)
+    if len(names) > 12:  # many classes: a vertical, scrollable legend beside the plot (click to toggle)
+        fig.update_layout(legend=dict(orientation="v", x=1.02, y=1, xanchor="left", yanchor="top",
+                                      font=dict(size=10)), margin=dict(r=160))
+    if len(names) > 200:  # hundreds of classes: hover still names them
         fig.update_layout(showlegend=False)
     return fig
 
@@ -237,3 +279,53 @@ def comparison_bar(table: pd.DataFrame, metric: str | Sequence[str] | None = Non
     from workbench.analysis.compare import comparison_figure
 
     return comparison_figure(table, metric, title=title)
+
+
+# ------------------------------------------------------------------------------------------------
+# ours over seeds (no paper needed)
+# ------------------------------------------------------------------------------------------------
+def seeds_figure(ours: pd.DataFrame, *, label: str = "method", title: str | None = "Ours over seeds") -> go.Figure:
+    """Bars of the mean over seeds (error bars: 95% CI, only where n ≥ 2) with every seed's value as a
+    dot, one panel per dataset (rows) and metric (columns), from an `aggregate_runs` frame; `label`: the
+    column naming the bars (e.g. a configuration label). The y axis is zoomed to the values."""
+    from workbench.analysis.compare import METRIC_ORDER
+
+    if ours.empty:
+        return _layout(go.Figure(), title, height=300)
+    datasets = list(dict.fromkeys(ours["dataset"]))
+    metrics = [m for m in METRIC_ORDER if m in set(ours["metric"])] + \
+        [m for m in dict.fromkeys(ours["metric"]) if m not in METRIC_ORDER]
+    fig = make_subplots(rows=len(datasets), cols=len(metrics), shared_yaxes=True,
+                        subplot_titles=[f"{d} · {m}" for d in datasets for m in metrics],
+                        vertical_spacing=min(0.15, 0.6 / max(len(datasets), 1)))
+    colors = {k: c for k, c in zip(dict.fromkeys(ours[label]), many_colors(ours[label].nunique()))}
+    legend: set = set()
+    for i, d in enumerate(datasets, start=1):
+        for j, m in enumerate(metrics, start=1):
+            cell = ours[(ours["dataset"] == d) & (ours["metric"] == m)]
+            for _, r in cell.iterrows():
+                name = str(r[label])
+                ci = r.get("ci95")
+                bars = dict(type="data", array=[float(ci)]) if int(r["n"]) >= 2 and pd.notna(ci) else None
+                fig.add_trace(go.Bar(x=[name], y=[r["mean"]], name=name, legendgroup=name, showlegend=name not in legend,
+                                     marker_color=colors[r[label]], error_y=bars, opacity=0.75,
+                                     hovertemplate=f"{name}<br>mean %{{y:.2f}}, n={int(r['n'])}<extra></extra>"),
+                              row=i, col=j)
+                legend.add(name)
+                values = list(r.get("values") or ())
+                if values:
+                    fig.add_trace(go.Scatter(x=[name] * len(values), y=values, mode="markers", showlegend=False,
+                                             legendgroup=name, marker=dict(color="#222222", size=6),
+                                             text=[f"seed {s}" for s in str(r.get("seeds", "")).split(",")],
+                                             hovertemplate="%{text}: %{y:.2f}<extra></extra>"), row=i, col=j)
+    fig.update_xaxes(showticklabels=False)
+    lo_hi = pd.concat([ours["mean"] - ours["ci95"].fillna(0), ours["mean"] + ours["ci95"].fillna(0)]
+                      + [pd.Series(list(v)) for v in ours["values"] if len(v)]).dropna()
+    if len(lo_hi) and lo_hi.min() > 0.5 * lo_hi.max():  # zoom so that 1-3 point differences show
+        pad = max(1.0, 0.25 * float(lo_hi.max() - lo_hi.min()))
+        fig.update_yaxes(range=[max(0.0, float(lo_hi.min()) - pad), float(lo_hi.max()) + pad])
+    fig.update_yaxes(title_text="accuracy (%)", col=1)
+    fig = _layout(fig, title, height=max(340, 300 * len(datasets)), barmode="group")
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.05, xanchor="left", x=0,
+                                  title_text="bars: mean · dots: seeds · error bars: 95% CI (n ≥ 2)"))
+    return fig

@@ -71,6 +71,10 @@ class Method(nn.Module):
     version: ClassVar[int] = 1
     # the names the transcribed papers give this method (first = the usual one), for ours-vs-paper joins
     paper_names: ClassVar[tuple[str, ...]] = ()
+    # inspector plots over the per-epoch history (learned_scalars(), loss terms), rendered by the app and
+    # notebooks (workbench.analysis.inspect): {"kind": "scalars" | "heatmap" | "distribution",
+    # "columns": [fnmatch patterns], "title": optional}, e.g. ({"kind": "heatmap", "columns": ["norm.*"]},)
+    plots: ClassVar[tuple[dict, ...]] = ()
     trainable: ClassVar[bool] = True  # False: nothing to train (zero-shot)
     closed_form: ClassVar[bool] = False  # True: fitted by fit_closed_form on cached features, not by SGD
     inputs: ClassVar[str] = "images"  # "features": trained on cached frozen image features

@@ -1,0 +1,95 @@
+"""Method inspectors: the plots a method declares (`Method.plots`), built from a run's history.
+
+A method class declares what to plot from what it records every epoch (`learned_scalars()`, loss
+terms), as a tuple of small dicts; the app and notebooks render them with no method names:
+
+    plots = ({"kind": "scalars", "columns": ["gate_*"], "title": "Gates"},       # lines over epochs
+             {"kind": "heatmap", "columns": ["token_norm.vision.*"]},          # epoch x column
+             {"kind": "distribution", "columns": ["rank_*"]})                   # last epoch's values
+
+`columns` are fnmatch patterns over history columns (the training curves show every changing series
+anyway; declarations add the method's own views). Series that stay constant over every logged epoch are
+not trajectories (e.g. a fixed loss weight a method reports): `split_history` sets them apart so that
+they are shown as settings, beside the run's resolved settings.
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from workbench.analysis.figures import numeric_history_columns
+
+ENGINE_COLUMNS = ("loss", "train_acc", "lr")  # what the training loop records for every method
+KINDS = ("scalars", "heatmap", "distribution")
+
+
+def split_history(history: pd.DataFrame) -> tuple[list[str], dict[str, float]]:
+    """(series, constants): plottable history columns, and the method-reported columns (not the
+    engine's loss / train_acc / lr) whose value is the same in every one of 2+ logged epochs."""
+    columns = numeric_history_columns(history) if not history.empty else []
+    constants: dict[str, float] = {}
+    if len(history) >= 2:
+        for col in columns:
+            if col in ENGINE_COLUMNS:
+                continue
+            values = pd.to_numeric(history[col], errors="coerce").dropna().to_numpy()
+            if len(values) == len(history) and np.all(values == values[0]):
+                constants[col] = float(values[0])
+    return [c for c in columns if c not in constants], constants
+
+
+def matching(columns: Sequence[str], patterns: Sequence[str]) -> list[str]:
+    """Columns matching any of `patterns` (fnmatch), in the order of `columns`."""
+    return [c for c in columns if any(fnmatch.fnmatchcase(c, p) for p in patterns)]
+
+
+def validate_plots(plots) -> list[dict]:
+    """The declarations as a list of dicts; ValueError on an unknown kind or missing columns."""
+    out = []
+    for i, p in enumerate(plots or ()):
+        kind, cols = p.get("kind"), p.get("columns")
+        if kind not in KINDS:
+            raise ValueError(f"plot {i}: kind must be one of {KINDS}, got {kind!r}")
+        if not cols or isinstance(cols, str):
+            raise ValueError(f"plot {i}: columns must be a non-empty list of patterns")
+        out.append({"kind": kind, "columns": list(cols), "title": p.get("title") or ", ".join(cols)})
+    return out
+
+
+def declared_plots(method_cls) -> list[dict]:
+    """`method_cls.plots` validated ([] for None or a class without declarations)."""
+    return validate_plots(getattr(method_cls, "plots", ()) if method_cls is not None else ())
+
+
+def inspector_figure(history: pd.DataFrame, plot: dict):
+    """The figure of one declaration over `history`, or None when no column matches. Constant series
+    are left out of "scalars" plots (they are settings)."""
+    import plotly.graph_objects as go
+
+    from workbench.analysis import figures
+
+    series, _ = split_history(history)
+    all_cols = numeric_history_columns(history) if not history.empty else []
+    pool = series if plot["kind"] == "scalars" else all_cols
+    cols = matching(pool, plot["columns"])
+    if not cols:
+        return None
+    data = history.sort_values("epoch")
+    if plot["kind"] == "scalars":
+        return figures.history_figure(data, cols, separate=False, title=plot["title"])
+    if plot["kind"] == "heatmap":
+        z = np.array([pd.to_numeric(data[c], errors="coerce").to_numpy(dtype=float) for c in cols])
+        fig = go.Figure(go.Heatmap(z=z, x=data["epoch"].to_numpy(), y=cols, colorscale="Viridis",
+                                   hovertemplate="%{y}<br>epoch %{x}<br>%{z:.4g}<extra></extra>"))
+        fig.update_xaxes(title_text="epoch")
+        fig.update_yaxes(type="category")
+        return figures._layout(fig, plot["title"], height=max(300, 60 + 24 * len(cols)))
+    last = data.iloc[-1]
+    values = pd.to_numeric(last[cols], errors="coerce").to_numpy(dtype=float)
+    fig = go.Figure(go.Histogram(x=values, nbinsx=min(40, max(5, len(values))), marker_color=figures.BASE_COLOR))
+    fig.update_xaxes(title_text=f"value at epoch {int(last['epoch'])}")
+    fig.update_yaxes(title_text="columns")
+    return figures._layout(fig, plot["title"], height=340)

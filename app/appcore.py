@@ -90,7 +90,6 @@ def runs_column_config(metrics: list[str]) -> dict:
         "details": st.column_config.LinkColumn("details", display_text="open ↗",
                                                help="open the run detail page (new tab)"),
         "shots": st.column_config.NumberColumn("shots", format="%d", width="small"),
-        "run": st.column_config.TextColumn("run", width="small"),
         "message": st.column_config.TextColumn("message", width="medium"),
         "seed": st.column_config.NumberColumn("seed", format="%d", width="small"),
     }

@@ -593,3 +593,17 @@ def test_constant_series_are_shown_as_settings(monkeypatch, tmp_path):
     assert at.multiselect(key="d_series").options == ["loss", "token_norm.vision.1"]  # only what changes
     constants = frame(at, "series").set_index("series")["value"]
     assert constants.to_dict() == {"alpha": 0.7, "lambda": 0.5}
+
+
+def test_every_table_has_a_csv_download_and_figures_download_as_chosen(monkeypatch, tmp_path):
+    reg = Registry(tmp_path / "runs")
+    for seed in (1, 2):
+        fake_run(reg, seed, "done", metrics={"base": 90.0 + seed, "new": 70.0, "hm": 78.0})
+    at = app(monkeypatch, reg.root).run()
+    at.radio(key="fig_format").set_value("svg")
+    at.switch_page("views/results.py").run()
+    no_exceptions(at)
+    shown = len(at.dataframe)
+    assert shown >= 3 and len(at.get("download_button")) >= shown  # a CSV per table (+ the full results CSV)
+    config = json.loads(at.get("plotly_chart")[0].proto.config)
+    assert config["toImageButtonOptions"]["format"] == "svg"

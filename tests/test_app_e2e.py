@@ -1,6 +1,7 @@
 """End to end: serve the app with `streamlit run`, drive it in headless Chromium (Debian's chromium via
 Playwright's Python package; Playwright's own browsers are not used), launch a tiny run through the
-form, wait until the runs table says it is done, and save screenshots under artifacts/.
+form (two seeds), follow the Runs page (no reload) until both are done, open Compare with the two runs
+and export a figure, and save screenshots under artifacts/.
 
 Chromium missing: the test fails under CI (CI=true: .ci/run installs it) and is skipped elsewhere.
 """
@@ -146,26 +147,27 @@ def test_launch_a_run_in_the_browser_and_watch_it_finish(served_app, tmp_path):
             page.get_by_test_id("stSelectbox").filter(has_text="Shots per class").click()
             page.get_by_role("option", name="2", exact=True).click()
             page.get_by_role("textbox", name="Backbone", exact=True).fill("wb-tiny-vit")
+            page.get_by_role("textbox", name="Seeds", exact=True).fill("1 2")  # two runs, to compare
             page.get_by_test_id("stTextArea").locator("textarea").fill("train.epochs=1\ntrain.batch_size=4")
             assert page.get_by_role("textbox", name="Data root", exact=True).input_value() == str(data)  # from WORKBENCH_DATA
             page.get_by_role("button", name="Launch", exact=True).click()
             page.get_by_text("Started", exact=False).first.wait_for()
             page.screenshot(path=str(ARTIFACTS / "app_e2e_launch.png"))
 
-            # the runs table: reload until the run shows up as done
+            # the runs table, reached in-app (no reload): the runs appear and finish by themselves
+            page.get_by_text("Follow it on the Runs page").click()
+            page.locator("h1", has_text="Runs").wait_for()
             deadline = time.time() + RUN_TIMEOUT_S
             state = ""
             while time.time() < deadline:
-                page.goto(url)
-                _settle(page)
                 body = page.locator("[data-testid='stMain']").inner_text()
-                if "1 done" in body:
+                if "2 done" in body:
                     state = "done"
                     break
-                if "1 failed" in body:
+                if "failed" in body and "run(s) shown" in body:
                     state = "failed"
                     break
-                time.sleep(3)
+                time.sleep(2)
             launch_logs = "\n".join(p.read_text()[-2000:] for p in (runs / "launches").glob("*.log"))
             assert state == "done", (f"run did not finish ({state or 'timeout'}); launch log:\n{launch_logs}\n"
                                      f"server log:\n{server_log.read_text()[-2000:]}")
@@ -182,11 +184,27 @@ def test_launch_a_run_in_the_browser_and_watch_it_finish(served_app, tmp_path):
             detail = ARTIFACTS / "app_e2e_run_detail.png"
             page.screenshot(path=str(detail), full_page=True)
             print(f"screenshot: {detail}")
+
+            # Compare: the two seeds side by side, their curves, identical settings; export a figure
+            page.goto(f"{url}/compare")
+            _settle(page)
+            page.get_by_test_id("stPlotlyChart").first.wait_for()
+            main = page.locator("[data-testid='stMain']").inner_text()
+            assert "Metrics" in main and "The resolved settings are identical" in main  # seeds differ only
+            assert page.get_by_test_id("stDataFrame").count() >= 1  # the metrics table (a canvas grid)
+            chart = page.get_by_test_id("stPlotlyChart").first
+            chart.hover()
+            with page.expect_download(timeout=60_000) as download:
+                chart.locator(".modebar-btn[data-title^='Download plot']").first.click()
+            assert download.value.suggested_filename.startswith("compare_")
+            page.screenshot(path=str(ARTIFACTS / "app_e2e_compare.png"), full_page=True)
         finally:
             context.close()
 
     # what the browser started is exactly what the form said
-    (run,) = [Registry(runs).get(h) for h in Registry(runs).list()["hash"]]
+    launched = sorted((Registry(runs).get(h) for h in Registry(runs).list()["hash"]), key=lambda r: r.spec.seed)
+    assert [r.spec.seed for r in launched] == [1, 2]
+    run = launched[0]
     spec = run.spec
     assert (spec.method, spec.protocol, spec.datasets, spec.shots, spec.seed, spec.backbone) == (
         "coop", "base_to_novel", ("eurosat",), 2, 1, "wb-tiny-vit")

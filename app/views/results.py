@@ -68,22 +68,22 @@ for protocol, part in view.groupby("protocol", sort=True):
     st.markdown(f"**{protocol}**")
     t_mean, t_stats, t_seeds = st.tabs(["mean ± std", "mean, std, 95% CI, n", "per seed"])
     with t_mean:
-        st.dataframe(pivot.reset_index().rename(columns={"config": "method · shots · backbone"}), hide_index=True,
-                     width="stretch", key=f"ours_{protocol}")
+        appcore.table(pivot.reset_index().rename(columns={"config": "method · shots · backbone"}),
+                      key=f"ours_{protocol}", name=f"ours_{protocol}")
     with t_stats:
-        st.dataframe(pd.DataFrame({
+        appcore.table(pd.DataFrame({
             "method · shots · backbone": part["config"], "dataset": part["dataset"], "metric": part["metric"],
             "mean": part["mean"], "std": part["std"], "95% CI ±": part["ci95"],
             "95% CI": [format_ci(s) for s in summaries], "n": part["n"], "seeds": part["seeds"],
-            "values": [format_values(s.values) for s in summaries]}), hide_index=True, width="stretch",
-            key=f"stats_{protocol}", column_config={
+            "values": [format_values(s.values) for s in summaries]}),
+            key=f"stats_{protocol}", name=f"ours_stats_{protocol}", column_config={
                 c: st.column_config.NumberColumn(c, format="%.2f") for c in ("mean", "std", "95% CI ±")})
     with t_seeds:
         per_seed = [{"method · shots · backbone": r["config"], "dataset": r["dataset"], "metric": r["metric"],
                      "seed": int(seed), "value": value, "run": f"run?run={short}"}
                     for _, r in part.iterrows()
                     for seed, value, short in zip(str(r["seeds"]).split(","), r["values"], str(r["runs"]).split(","))]
-        st.dataframe(pd.DataFrame(per_seed), hide_index=True, width="stretch", key=f"seeds_{protocol}",
+        appcore.table(pd.DataFrame(per_seed), key=f"seeds_{protocol}", name=f"ours_per_seed_{protocol}",
                      column_config={"value": st.column_config.NumberColumn("value", format="%.2f"),
                                     "run": st.column_config.LinkColumn("run", display_text="open ↗",
                                                                        help="open the run detail page")})

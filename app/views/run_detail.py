@@ -92,8 +92,8 @@ with c2:
                "shots": "" if spec_obj.shots is None else str(spec_obj.shots), "seed": str(spec_obj.seed),
                "backbone": spec_obj.backbone, "pretrained": spec_obj.pretrained or "", "preset": spec_obj.preset or "",
                "versions": ", ".join(f"{k} {v}" for k, v in sorted(spec_obj.versions.items()))}
-    st.dataframe(pd.DataFrame({"field": list(summary), "value": list(summary.values())}), hide_index=True,
-                 width="stretch", key="d_spec")
+    appcore.table(pd.DataFrame({"field": list(summary), "value": list(summary.values())}), key="d_spec",
+                  name=f"{short}_spec")
     if row.get("stale"):
         st.warning(f"Stale: {row['stale']}. Kept for reading; the same request runs again instead of reusing it.")
     settings = spec_obj.legacy if spec_obj.is_legacy else spec_obj.resolved_settings()
@@ -156,9 +156,9 @@ def curves_view() -> None:
                 for k, value in constants.items()}
         st.markdown("**Constant over training** (fixed settings the method reports, not learned; every "
                     "resolved setting is in *Resolved settings* above)")
-        st.dataframe(pd.DataFrame({"series": list(constants), "value": list(constants.values()),
-                                   "matching settings": [", ".join(same[k][:4]) for k in constants]}),
-                     hide_index=True, width="stretch", key="d_constants")
+        appcore.table(pd.DataFrame({"series": list(constants), "value": list(constants.values()),
+                                    "matching settings": [", ".join(same[k][:4]) for k in constants]}),
+                      key="d_constants", name=f"{short}_constants")
     for i, declared in enumerate(plots):
         fig = inspect.inspector_figure(history, declared)
         if fig is not None:

@@ -100,7 +100,7 @@ if launches:
             "seeds": " ".join(map(str, rec.get("request", {}).get("seeds", []))),
             "log": rec.get("log"),
         } for rec in launches])
-        st.dataframe(table, hide_index=True, width="stretch", key="launches_table")
+        appcore.table(table, key="launches_table", name="workbench_launches")
         which = st.selectbox("Log of launch", range(len(launches)), key="launch_log",
                              format_func=lambda i: f"{table['started'][i]} · pid {table['pid'][i]} · {table['state'][i]}")
         st.code(launcher.read_log_tail(launches[which]["log"]) or "(empty log)", language=None)

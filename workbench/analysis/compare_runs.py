@@ -27,7 +27,8 @@ def metrics_table(runs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     """One row per run (in the given order): run, name, method, seed, status, each metric and
     "Δ <metric>" = the run's value − the first run's value (NaN where either is missing)."""
     runs = runs.reset_index(drop=True)
-    out = pd.DataFrame({"run": runs["short_hash"], "name": runs.get("name", pd.Series([""] * len(runs))),
+    names = runs["name"] if "name" in runs.columns else pd.Series([""] * len(runs))
+    out = pd.DataFrame({"run": runs["short_hash"], "name": [n if isinstance(n, str) else "" for n in names],
                         "method": runs["method"], "seed": runs["seed"], "status": runs["status"]})
     for m in metrics:
         values = pd.to_numeric(runs[m], errors="coerce") if m in runs.columns else pd.Series(np.nan, index=runs.index)

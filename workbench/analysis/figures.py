@@ -65,7 +65,8 @@ def overlay_history(histories: dict, column: str, *, title: str | None = None) -
         data = history.sort_values("epoch")
         fig.add_trace(go.Scatter(x=data["epoch"].to_numpy(), y=pd.to_numeric(data[column], errors="coerce").to_numpy(),
                                  name=str(label), mode="lines+markers", line=dict(color=colors[i])))
-    fig.update_xaxes(title_text="epoch")
+    epochs = max((len(h) for h in histories.values() if h is not None), default=0)
+    fig.update_xaxes(title_text="epoch", dtick=1 if epochs <= 20 else None)
     fig.update_yaxes(title_text=column)
     return _layout(fig, title if title is not None else column, height=360)
 

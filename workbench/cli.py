@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "workbench.notebooks_cli",
     "workbench.demo",  # workbench demo
     "workbench.bench_cli",  # workbench bench
+    "workbench.sweeps.cli",  # workbench sweep FILE | sweep status FILE | sweep results FILE
 ]
 
 

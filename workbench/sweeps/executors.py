@@ -1,0 +1,185 @@
+"""Executors of a sweep, all on existing engines: `local` (a concurrent.futures process pool, one
+worker per GPU pinned by CUDA_VISIBLE_DEVICES, or N CPU workers) and submitit (`slurm`: one job array
+per sweep; `submitit-local`, `debug`: the same job on this machine).
+
+A task runs one spec through `workbench.runs.execute.execute`, so done runs are skipped and
+interrupted ones resume from their last checkpoint. With index="folders" (SLURM's default) a task
+writes only its run folder: its SQLite index is private and node-local (a staging folder holding a
+link to the run folder); the submitting process merges the shared index from the folders
+(`state.merge_index`, run by `workbench sweep status`).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+try:  # submitit is a dependency, but the local executor must not need it
+    from submitit.helpers import Checkpointable as _Checkpointable
+except ImportError:  # pragma: no cover
+    _Checkpointable = object
+
+
+def run_task(spec_dict: dict, registry_root: str, *, index: str = "shared", device: str | None = None,
+             data_root: str | None = None) -> dict:
+    """Execute one spec into the registry at `registry_root`; {"hash", "status", "metrics"} or
+    {"hash", "status": "failed", "error"}. index: "shared" (the registry's own SQLite index) or
+    "folders" (a private node-local index; only the run folder is written in the registry)."""
+    from workbench.protocols.runspec import RunSpec
+    from workbench.runs.execute import execute
+    from workbench.runs.index import Registry
+
+    spec = RunSpec.from_dict(spec_dict)
+    root = Path(registry_root).expanduser()
+    stage = None
+    try:
+        if index == "folders":
+            folder = root / spec.short_hash
+            folder.mkdir(parents=True, exist_ok=True)
+            base = os.environ.get("WORKBENCH_SWEEP_STAGE") or os.environ.get("TMPDIR") or tempfile.gettempdir()
+            stage = Path(tempfile.mkdtemp(prefix=f"wb-{spec.short_hash}-", dir=base))
+            (stage / spec.short_hash).symlink_to(folder.resolve(), target_is_directory=True)
+            registry = Registry(stage)  # indexes the one linked folder on opening
+        else:
+            registry = Registry(root)
+        try:
+            run = execute(spec, registry, device=device, data_root=data_root, progress=False)
+        except SystemExit:  # submitit exits after requeueing (preemption / timeout)
+            run = registry.find(spec)
+            if run is not None:
+                with contextlib.suppress(Exception):
+                    run.set_status("interrupted", "preempted or timed out; requeued, resumes from its last checkpoint")
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded in the run folder; reported to the caller
+            return {"hash": spec.hash, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        return {"hash": spec.hash, "status": run.status, "metrics": run.metrics}
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+class SweepTask(_Checkpointable):
+    """The callable submitit runs for one array task. On preemption or timeout submitit calls
+    `checkpoint` (its `__submitit_checkpoint__` hook), which resubmits the same task: `execute` then
+    resumes the run from its last epoch checkpoint."""
+
+    def __call__(self, spec_dict: dict, registry_root: str, index: str = "folders",
+                 data_root: str | None = None) -> dict:
+        return run_task(spec_dict, registry_root, index=index, data_root=data_root)
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+    __submitit_checkpoint__ = checkpoint
+
+
+# -- local pool -------------------------------------------------------------------------------------
+def _init_worker(devices, threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; it stops workers by SIGTERM
+    if devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(devices.get())
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _task(args: tuple) -> tuple[int, dict]:
+    i, spec_dict, root, device, data_root = args
+    return i, run_task(spec_dict, root, index="shared", device=device, data_root=data_root)
+
+
+def run_local(specs: Sequence, registry_root: str, *, workers: int = 1, devices: Sequence | None = None,
+              threads: int = 1, data_root: str | None = None, echo: Callable[[str], Any] | None = print) -> list[dict]:
+    """Run `specs` in a pool of worker processes (multiprocessing.Pool, spawned) into one registry.
+    With `devices` (GPU ids), one worker per device, each seeing only its GPU (CUDA_VISIBLE_DEVICES).
+    Ctrl-C: no new run starts, running ones are stopped by SIGTERM (`Pool.terminate`; the run is
+    recorded interrupted and resumes on the next sweep) and KeyboardInterrupt is raised."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = None
+    if devices:
+        workers = len(devices)
+        queue = ctx.Queue()
+        for d in devices:
+            queue.put(d)
+    device = "cuda" if devices else None
+    jobs = [(i, s.to_dict(), str(registry_root), device, data_root) for i, s in enumerate(specs)]
+    results: list[dict] = [{}] * len(specs)
+    pool = ctx.Pool(max(1, min(workers, len(specs))), initializer=_init_worker, initargs=(queue, threads))
+    try:
+        for n, (i, out) in enumerate(pool.imap_unordered(_task, jobs), start=1):
+            results[i] = out
+            if echo:
+                state = out["status"] + (f" ({out['error']})" if out.get("error") else "")
+                echo(f"[{n}/{len(specs)}] {specs[i].short_hash} {specs[i].display_name}: {state}")
+        pool.close()
+    except BaseException:
+        pool.terminate()  # SIGTERM to every worker: a running run becomes interrupted
+        raise
+    finally:
+        pool.join()
+    return results
+
+
+# -- submitit ---------------------------------------------------------------------------------------
+def make_executor(kind: str, folder: str | Path, slurm: dict | None = None):
+    """A submitit AutoExecutor for kind "slurm", "submitit-local" or "debug", with the sweep's
+    SLURM settings (one job array, parallelism, resources, time limit, requeues)."""
+    import submitit
+
+    slurm = dict(slurm or {})
+    cluster = {"slurm": "slurm", "submitit-local": "local", "debug": "debug"}[kind]
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster,
+                                     slurm_max_num_timeout=int(slurm.get("max_requeues", 3)))
+    params: dict[str, Any] = {"timeout_min": int(slurm.get("time_min", 240)),
+                              "cpus_per_task": int(slurm.get("cpus_per_task", 4)),
+                              "tasks_per_node": 1, "nodes": 1}
+    gpus = int(slurm.get("gpus_per_task", 1 if kind == "slurm" else 0))
+    if gpus:
+        params["gpus_per_node"] = gpus
+    if "mem_gb" in slurm:
+        params["mem_gb"] = int(slurm["mem_gb"])
+    if kind == "slurm":
+        params["slurm_array_parallelism"] = int(slurm.get("array_parallelism", 32))
+        for key in ("partition", "account", "qos", "constraint"):
+            if slurm.get(key):
+                params[f"slurm_{key}"] = slurm[key]
+        if slurm.get("additional"):
+            params["slurm_additional_parameters"] = dict(slurm["additional"])
+        if slurm.get("setup"):
+            params["slurm_setup"] = list(slurm["setup"])
+    executor.update_parameters(**params)
+    return executor
+
+
+def submit(specs: Sequence, registry_root: str, kind: str, *, folder: str | Path, slurm: dict | None = None,
+           index: str | None = None, data_root: str | None = None) -> list:
+    """Submit one task per spec as one job array; returns the submitit jobs."""
+    index = index or (slurm or {}).get("index") or ("folders" if kind == "slurm" else "shared")
+    executor = make_executor(kind, folder, slurm)
+    n = len(specs)
+    return executor.map_array(SweepTask(), [s.to_dict() for s in specs], [str(registry_root)] * n,
+                              [index] * n, [data_root] * n)
+
+
+def wait(jobs: Sequence, echo: Callable[[str], Any] | None = print) -> list[dict]:
+    out = []
+    for job in jobs:
+        try:
+            out.append(job.result())
+        except Exception as exc:  # noqa: BLE001 - a job that died outside the run
+            out.append({"status": "failed", "error": f"{type(exc).__name__}: {str(exc).splitlines()[-1:]}"})
+            if echo:
+                echo(f"job {job.job_id}: {out[-1]['error']}")
+    return out
+
+
+__all__ = ["SweepTask", "make_executor", "run_local", "run_task", "submit", "wait"]

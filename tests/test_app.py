@@ -245,7 +245,12 @@ def test_results_page_difference_to_the_paper(monkeypatch, tmp_path):
     row = table[(table["paper"] == "MMRL") & (table["metric"] == "base")].iloc[0]
     assert row["ours"] == f"92.00 ± {np.std([90, 94], ddof=1):.2f}" and row["paper value"] == 92.19
     assert row["difference"] == pytest.approx(92.0 - 92.19)
-    ours_fig, bar = chart_specs(at)  # ours over seeds, then ours vs the paper
+    ours_fig, bar, diff = chart_specs(at)  # ours over seeds, ours vs the paper, ours − paper
+    chosen = table[(table["paper"] == at.selectbox(key="r_chart_paper").value)]
+    expected = chosen.set_index("metric")["difference"]
+    got = {t["name"]: arr(t["y"])[0] for t in diff["data"] if t["type"] == "bar"}
+    assert set(got) == {"coop"} and len(diff["data"]) == len(expected)
+    assert sorted(arr(t["y"])[0] for t in diff["data"]) == pytest.approx(sorted(expected))
     paper = [t for t in bar["data"] if t["name"] == "paper"]
     assert paper and all(v is not None for t in paper for v in arr(t["y"]))
     assert bar["layout"]["yaxis"]["range"][0] > 0  # zoomed: differences of a few points show

@@ -254,3 +254,16 @@ def test_download_config_and_overlay():
     h1 = pd.DataFrame({"epoch": [2, 1], "loss": [1.0, 2.0]})
     fig = figures.overlay_history({"a": h1, "b": pd.DataFrame({"epoch": [1], "acc": [3.0]})}, "loss")
     assert [t.name for t in fig.data] == ["a"] and list(fig.data[0].y) == [2.0, 1.0]
+
+
+def test_paper_difference_is_ours_minus_paper():
+    table = _table([
+        {"method": "coop", "dataset": "eurosat", "shots": 16, "metric": "base", "ours": 92.0, "ours_std": 2.83,
+         "ours_ci95": 25.4, "n": 2, "paper": 92.19},
+        {"method": "coop", "dataset": "toy", "shots": 16, "metric": "base", "ours": 90.0, "ours_std": np.nan,
+         "ours_ci95": np.nan, "n": 1, "paper": np.nan}])
+    table["diff"] = table["ours"] - table["paper"]
+    fig = figures.paper_difference(table)
+    (bar,) = [t for t in fig.data if t.type == "bar"]
+    assert list(bar.x) == ["eurosat"] and list(bar.y) == [pytest.approx(92.0 - 92.19)]  # toy: no paper, left out
+    assert list(bar.error_y.array) == [25.4]

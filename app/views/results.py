@@ -138,6 +138,8 @@ else:
     appcore.plot(figures.comparison_bar(sel.dropna(subset=["paper"]),
                                         title=f"Ours vs {chart_paper} · {chart_protocol}"), key="r_bar",
                  name=f"ours_vs_{chart_paper}_{chart_protocol}")
+    appcore.plot(figures.paper_difference(sel, title=f"Ours − {chart_paper} · {chart_protocol}"), key="r_diff",
+                 name=f"ours_minus_{chart_paper}_{chart_protocol}")
     st.caption("Error bars: 95% CI of our mean over seeds (none for a single seed).")
 unmatched = compared[compared["paper"].isna() & compared["ours"].notna()]
 if len(unmatched):  # each of our cells once, whichever papers lack it (not once per paper)

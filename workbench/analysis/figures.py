@@ -330,3 +330,35 @@ def seeds_figure(ours: pd.DataFrame, *, label: str = "method", title: str | None
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.05, xanchor="left", x=0,
                                   title_text="bars: mean · dots: seeds · error bars: 95% CI (n ≥ 2)"))
     return fig
+
+
+def paper_difference(table: pd.DataFrame, *, title: str | None = "Ours − paper") -> go.Figure:
+    """Ours − the paper's value per dataset (bars grouped by method, one panel per metric) from an
+    `ours_vs_paper` table; error bars: the 95% CI of our mean (the paper's value is a constant), none for
+    one seed. Rows without a paper value are left out."""
+    from workbench.analysis.compare import METRIC_ORDER, error_bars
+
+    data = table.dropna(subset=["ours", "paper"])
+    if data.empty:
+        return _layout(go.Figure(), title, height=300)
+    metrics = [m for m in METRIC_ORDER if m in set(data["metric"])] + \
+        [m for m in dict.fromkeys(data["metric"]) if m not in METRIC_ORDER]
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=metrics, shared_yaxes=True)
+    methods = list(dict.fromkeys(data["method"]))
+    colors = dict(zip(methods, many_colors(len(methods))))
+    for j, m in enumerate(metrics, start=1):
+        for method in methods:
+            cell = data[(data["metric"] == m) & (data["method"] == method)]
+            if cell.empty:
+                continue
+            bars = error_bars(cell)
+            fig.add_trace(go.Bar(
+                x=cell["dataset"], y=cell["diff"], name=method, legendgroup=method, showlegend=j == 1,
+                marker_color=colors[method],
+                error_y=dict(type="data", array=bars) if any(b is not None for b in bars) else None,
+                customdata=np.stack([cell["ours"], cell["paper"]], axis=-1),
+                hovertemplate=f"{method} · %{{x}}<br>ours %{{customdata[0]:.2f}} − paper %{{customdata[1]:.2f}}"
+                              " = %{y:+.2f}<extra></extra>"), row=1, col=j)
+    fig.add_hline(y=0, line=dict(color="#444444", width=1))
+    fig.update_yaxes(title_text="ours − paper (points)", col=1)
+    return _layout(fig, title, height=380, barmode="group")

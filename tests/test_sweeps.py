@@ -94,6 +94,13 @@ def test_notebook_grid_written_as_a_sweep_file_is_the_same_runs(data_root, tmp_p
     specs = notebook_specs(["zeroshot", "coop"], "base_to_novel", ["eurosat"], 2, [1, 2], backbone=TINY,
                            epochs=1, presets="toy", data_root=str(data_root))
     assert [s.hash for s in load_sweep(path).specs] == [s.hash for s in specs]
+    # any list of specs a notebook built, e.g. two grids of different settings
+    more = specs + notebook_specs(["coop"], "base_to_novel", ["eurosat"], [2, 4], [3], backbone=TINY, epochs=2,
+                                  data_root=str(data_root))
+    from workbench.sweeps import write_sweep_specs
+
+    again = load_sweep(write_sweep_specs(tmp_path / "nb2.yaml", more))
+    assert sorted(s.hash for s in again.specs) == sorted(s.hash for s in more) and len(more) == 5
 
 
 BAD = [
@@ -139,6 +146,21 @@ def test_partially_done_sweep_runs_only_the_missing_runs_debug_executor(data_roo
     listed = reg.list()
     assert set(listed["hash"]) == {s.hash for s in sweep.specs} and set(listed["status"]) == {"done"}
     assert run_sweep(sweep, reg.root, executor="debug", folder=tmp_path / "jobs", echo=None)["todo"] == []
+    from workbench.cli import main
+
+    path = tmp_path / "sweep.yaml"
+    assert main(["sweep", "results", str(path), "--registry", str(reg.root), "--metrics", "base", "hm",
+                 "--export", str(tmp_path / "res.csv")]) == 0
+    import pandas as pd
+
+    per_seed = pd.read_csv(tmp_path / "res.csv")
+    assert sorted(per_seed["hash"]) == sorted(s.short_hash for s in sweep.specs)
+    for spec in sweep.specs:
+        assert per_seed.set_index("hash").loc[spec.short_hash, "hm"] == pytest.approx(folder_metrics(reg, spec)["hm"])
+    summary = pd.read_csv(tmp_path / "res.summary.csv")
+    coop = summary[(summary["method"] == "coop") & (summary["metric"] == "hm")].iloc[0]
+    hms = [folder_metrics(reg, s)["hm"] for s in sweep.specs if s.method == "coop"]
+    assert coop["n"] == 2 and coop["mean"] == pytest.approx(np.mean(hms))
 
 
 def test_submitit_local_executor_writes_only_run_folders_and_status_merges_the_index(data_root, tmp_path):

@@ -309,6 +309,44 @@ def sweep_dict(methods: Sequence[str], protocol: str, datasets: Sequence, shots,
     return out
 
 
+def sweep_from_specs(specs: Sequence, *, executor: Mapping[str, Any] | None = None,
+                     slurm: Mapping[str, Any] | None = None, metrics: Sequence[str] | None = None) -> dict:
+    """A sweep mapping that expands to exactly `specs` (e.g. what a notebook built with
+    `notebook_specs`): one grid block per configuration, its seeds as a list."""
+    blocks: dict[str, dict] = {}
+    for spec in specs:
+        backbone = {"name": spec.backbone, "pretrained": spec.pretrained} if spec.pretrained else spec.backbone
+        block = {"methods": [spec.method], "protocols": [spec.protocol], "datasets": [list(spec.datasets)],
+                 "shots": [spec.shots], "backbones": [backbone], "presets": {spec.method: spec.preset}}
+        if spec.settings:
+            block["settings"] = dict(spec.settings)
+        if spec.data_root:
+            block["data_root"] = spec.data_root
+        key = repr(sorted((k, repr(v)) for k, v in block.items()))
+        blocks.setdefault(key, {**block, "seeds": []})["seeds"].append(int(spec.seed))
+    out: dict[str, Any] = {"grid": list(blocks.values()),
+                           "executor": dict(executor or {"kind": "local", "workers": 1})}
+    if metrics:
+        out["metrics"] = list(metrics)
+    if slurm:
+        out["slurm"] = dict(slurm)
+    return out
+
+
+def write_sweep_specs(path: str | Path, specs: Sequence, **kwargs) -> Path:
+    """Write `sweep_from_specs(specs, **kwargs)` as a sweep file, checked to expand to the same runs."""
+    import yaml
+
+    data = sweep_from_specs(specs, **kwargs)
+    got = [s.hash for s in load_sweep(data).specs]
+    if sorted(got) != sorted(s.hash for s in specs):
+        raise SweepError(f"{path}: the written grid would not reproduce the given runs")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
 def write_sweep(path: str | Path, *args, **kwargs) -> Path:
     """Write `sweep_dict(*args, **kwargs)` as a sweep file (checked by expanding it first); returns
     the path. `workbench sweep PATH` then runs the grid (locally or on SLURM)."""

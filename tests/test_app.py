@@ -612,3 +612,21 @@ def test_every_table_has_a_csv_download_and_figures_download_as_chosen(monkeypat
     assert shown >= 3 and len(at.get("download_button")) >= shown  # a CSV per table (+ the full results CSV)
     config = json.loads(at.get("plotly_chart")[0].proto.config)
     assert config["toImageButtonOptions"]["format"] == "svg"
+
+
+def test_results_hide_stale_runs_beside_current_ones(monkeypatch, populated, tmp_path):
+    """A run of an older version next to a current one: one row by default, both on request."""
+    import shutil
+
+    reg, run, _ = populated
+    root = tmp_path / "runs"
+    shutil.copytree(reg.root, root)
+    copy = Registry(root)
+    fake_run(copy, 1, "done", metrics={"base": 50.0, "new": 50.0, "hm": 50.0})  # no versions recorded: stale
+    at = app(monkeypatch, root).run()
+    at.switch_page("views/results.py").run()
+    no_exceptions(at)
+    assert len(frame(at, "seeds")) == 1
+    at.toggle(key="r_stale").set_value(True).run()
+    no_exceptions(at)
+    assert len(frame(at, "seeds")) == 2

@@ -26,6 +26,16 @@ if done.empty:
             ". Results appear here once runs are done; each cell is the mean ± sample std over seeds.")
     st.stop()
 
+stale = done["stale"].fillna("").astype(bool) if "stale" in done.columns else pd.Series(False, index=done.index)
+if stale.any() and not stale.all():  # runs of an older version beside current ones: the same cell twice
+    keep_stale = st.toggle(f"Include {int(stale.sum())} stale run(s)", value=False, key="r_stale",
+                           help="runs made by an older version of a method or protocol (never reused); "
+                                "hidden by default so that a cell is not listed once per version")
+    if not keep_stale:
+        done = done[~stale]
+elif stale.all():
+    st.caption("Every finished run here was made by an older version (stale); shown as they are.")
+
 ours = compare.aggregate_runs(done)
 if ours.empty:
     st.info("The finished runs report no accuracy metrics (base / new / hm / top1).")

@@ -83,6 +83,7 @@ PAPER = {"n_tokens": 5, "start_layer": PAPER_START_LAYER, "alpha": 0.7}
 @register_method
 class MMRL(Method):
     name = "mmrl"
+    plots = ({"kind": "heatmap", "columns": ["token_norm.*"], "title": "Mapped token norms per layer"},)
     paper_names = ("MMRL",)
     Config = MMRLConfig
     default_preset = "base_to_novel"
@@ -245,8 +246,9 @@ class MMRL(Method):
         return LossOutput(loss, scalars, train_logits.detach())
 
     def learned_scalars(self) -> dict[str, float]:
-        """α and λ, and the mean L2 norm of the mapped tokens per layer (1-based) and modality."""
-        out = {"alpha": float(self.config.alpha), "lambda": float(self.reg_weight)}
+        """The mean L2 norm of the mapped tokens per layer (1-based) and modality: what training moves.
+        α and λ are fixed settings (in the run's resolved settings), not learned."""
+        out = {}
         with torch.no_grad():
             for i, stage in enumerate(self.vision_stages):
                 out[f"token_norm.vision.{stage + 1}"] = float(self.vision_layer_tokens(i).norm(dim=-1).mean())

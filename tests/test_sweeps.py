@@ -216,6 +216,26 @@ def test_slurm_submission_is_one_array_with_resources_and_requeue(data_root, tmp
     assert sweep_status(sweep, Registry(tmp_path / "runs"))["counts"]["pending"] == 4  # jobs have not run
 
 
+def _pinned(folder):
+    (Path(folder) / str(os.getpid())).touch()
+    end = time.time() + 120
+    while len(list(Path(folder).iterdir())) < 2 and time.time() < end:  # both tasks held at once: two workers
+        time.sleep(0.05)
+    return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def test_local_pool_pins_one_gpu_per_worker(tmp_path):
+    from workbench.sweeps.executors import worker_pool
+
+    pool = worker_pool(1, devices=["3", "5"])  # two devices: two workers whatever `workers` says
+    try:
+        seen = dict(pool.map(_pinned, [str(tmp_path)] * 2, chunksize=1))
+    finally:
+        pool.close()
+        pool.join()
+    assert sorted(seen.values()) == ["3", "5"]  # two workers, each seeing only its own GPU
+
+
 # -- local pool: parallel, Ctrl-C, re-run; two sweeps at once; status and results ---------------------
 def _wait_for(predicate, timeout=180):
     end = time.time() + timeout

@@ -90,6 +90,21 @@ def _init_worker(devices, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def worker_pool(workers: int, devices: Sequence | None = None, threads: int = 1):
+    """A spawned multiprocessing.Pool: one worker per device (each pinned by CUDA_VISIBLE_DEVICES), or
+    `workers` CPU workers, each with `threads` torch threads."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = None
+    if devices:
+        workers = len(devices)
+        queue = ctx.Queue()
+        for d in devices:
+            queue.put(d)
+    return ctx.Pool(max(1, workers), initializer=_init_worker, initargs=(queue, threads))
+
+
 def _task(args: tuple) -> tuple[int, dict]:
     i, spec_dict, root, device, data_root = args
     return i, run_task(spec_dict, root, index="shared", device=device, data_root=data_root)
@@ -101,19 +116,10 @@ def run_local(specs: Sequence, registry_root: str, *, workers: int = 1, devices:
     With `devices` (GPU ids), one worker per device, each seeing only its GPU (CUDA_VISIBLE_DEVICES).
     Ctrl-C: no new run starts, running ones are stopped by SIGTERM (`Pool.terminate`; the run is
     recorded interrupted and resumes on the next sweep) and KeyboardInterrupt is raised."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    queue = None
-    if devices:
-        workers = len(devices)
-        queue = ctx.Queue()
-        for d in devices:
-            queue.put(d)
     device = "cuda" if devices else None
     jobs = [(i, s.to_dict(), str(registry_root), device, data_root) for i, s in enumerate(specs)]
     results: list[dict] = [{}] * len(specs)
-    pool = ctx.Pool(max(1, min(workers, len(specs))), initializer=_init_worker, initargs=(queue, threads))
+    pool = worker_pool(min(workers, len(specs)), devices, threads)
     try:
         for n, (i, out) in enumerate(pool.imap_unordered(_task, jobs), start=1):
             results[i] = out

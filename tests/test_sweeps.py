@@ -19,6 +19,7 @@ import pytest
 from data_fixtures import make_eurosat
 from workbench.protocols import build_specs
 from workbench.runs import Registry
+from workbench.runs.index import DB_NAME
 from workbench.sweeps import (SweepError, load_sweep, merge_index, pending_specs, run_sweep, sweep_results,
                               sweep_status, write_sweep)
 
@@ -317,3 +318,27 @@ def test_sweep_status_reports_failures_with_their_last_line_and_the_retry_comman
                           "--dry-run"], env=env(), capture_output=True, text=True, timeout=120)
     assert sweep.specs[1].short_hash in dry.stdout and sweep.specs[0].short_hash not in dry.stdout
     assert "3 runs: 0 done, 3 to run" in dry.stdout
+
+
+def test_a_preempted_task_resumes_from_its_checkpoint_in_folders_mode(data_root, tmp_path):
+    from workbench.runs.execute import execute
+    from workbench.sweeps.executors import SweepTask
+
+    spec = load_sweep(write(tmp_path, sweep_yaml(data_root, seeds=(1,), epochs=15, methods=("coop",)))).specs[0]
+    (tmp_path / "spec.json").write_text(json.dumps(spec.to_dict()))
+    root = tmp_path / "runs"
+    code = ("import json, sys; from workbench.sweeps.executors import SweepTask; "
+            f"SweepTask()(json.load(open({str(tmp_path / 'spec.json')!r})), {str(root)!r}, 'folders')")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env(), stderr=subprocess.PIPE, text=True)
+    ckpts = root / spec.short_hash / "checkpoints"
+    assert _wait_for(lambda: ckpts.is_dir() and any(ckpts.glob("epoch_*.pt")) or proc.poll() is not None)
+    proc.send_signal(signal.SIGTERM)  # the node goes away mid-training
+    proc.communicate(timeout=120)
+    status = json.loads((root / spec.short_hash / "status.json").read_text())["status"]
+    if status == "done":
+        pytest.skip("the run finished before it could be stopped")
+    assert status == "interrupted" and not (root / DB_NAME).exists()  # the task wrote only its folder
+    out = SweepTask()(spec.to_dict(), str(root), "folders")  # the requeued task
+    assert out["status"] == "done" and out["metrics"]["resumed_from_epoch"] >= 0
+    ref = execute(spec, Registry(tmp_path / "ref"), progress=False)
+    assert comparable(out["metrics"]) == comparable(ref.metrics)

@@ -226,3 +226,16 @@ def test_toy_base_to_novel_improves_base_and_keeps_new(toy_backbone, toy_data_ro
     assert history[-1]["loss"] < history[0]["loss"]
     assert mmrl_base > zs_base + 2.0
     assert mmrl_new > zs_new - 4.0  # new classes use the class head, regularized towards frozen CLIP
+
+
+def test_regularization_strategies_of_table_9(mmrl_on):
+    """cosine: 1 - mean cos (paper); l1 / mse: element-mean distances of the raw features, by hand."""
+    import torch.nn.functional as F
+
+    a, b = torch.randn(6, 8), torch.randn(6, 8)
+    by_hand = {"cosine": 1 - (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1).mean(),
+               "l1": (a - b).abs().mean(), "mse": ((a - b) ** 2).mean()}
+    for name, expected in by_hand.items():
+        assert mmrl_on(reg_loss=name).regularization(a, b).item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="reg_loss must be one of"):
+        mmrl_on(reg_loss="huber")

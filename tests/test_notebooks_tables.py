@@ -72,7 +72,7 @@ def test_index_lists_every_table_of_the_five_papers(capsys):
     assert by_item[("mmrl", "Table 3")]["notebook"] == "mmrl_table3_domain_generalization"
     assert by_item[("mmrl", "Figure 4")]["notebook"] == "mmrl_table10_11_few_shot"
     assert by_item[("dam", "Table I")]["notebook"] is None and by_item[("dam", "Fig. 3")]["kind"] == "figure"
-    assert "cosine only" in by_item[("mmrl", "Table 9")]["note"]
+    assert by_item[("mmrl", "Table 9")]["notebook"] == "mmrl_table9_regularization"
     # tables in their printed order (10 after 9; DAM's Roman numerals by value)
     mmrl = [r["item"] for r in items if r["paper"] == "mmrl" and r["kind"] == "table"]
     assert mmrl == [f"Table {i}" for i in range(1, 12)]
@@ -92,7 +92,7 @@ def test_new_notebooks_ship_clean_with_the_common_parameters():
     common = {"backbone", "pretrained", "data_root", "datasets", "seeds", "epochs", "device", "registry", "presets",
               "train_settings", "results_path"}
     for name in ("mmrl_table2_cross_dataset", "mmrl_table3_domain_generalization", "mmrl_table4_ablation_variants",
-                 "mmrl_table5_8_alpha_lambda", "mmrl_table6_efficiency"):
+                 "mmrl_table5_8_alpha_lambda", "mmrl_table6_efficiency", "mmrl_table9_regularization"):
         nb = nbformat.read(find_notebook(name), as_version=4)
         assert len([c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]) == 1
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
@@ -169,6 +169,15 @@ def test_alpha_lambda_notebook(backbone, tmp_path):
     assert set(results["parameters"]["variants"]) == {"alpha=0.5", "lambda=0.0"}
     assert results["tables"] == ["Table 5", "Table 8"] and len(runs) == 2
     assert sorted(_config(c)["alpha"] for c in runs["method_config"]) == [0.5, 0.7]
+
+
+@pytest.mark.slow
+def test_regularization_notebook(backbone, tmp_path):
+    name = "mmrl_table9_regularization"
+    _, nb, results, runs = _run(name, tmp_path, backbone, datasets=["toy_vocab"], strategies=["Cosine", "MSE"], **SMALL)
+    assert set(results["parameters"]["variants"]) == {"regularization=Cosine", "regularization=MSE"}
+    assert results["tables"] == ["Table 9"] and len(runs) == 2 and not results["failed"]
+    assert sorted(_config(c)["reg_loss"] for c in runs["method_config"]) == ["cosine", "mse"]
 
 
 def test_efficiency_notebook_measures_parameters_and_speed(backbone, tmp_path):

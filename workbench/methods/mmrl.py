@@ -42,6 +42,7 @@ PAPER_DEPTH, PAPER_START_LAYER = 12, 6  # J=6 on the 12-block ViT-B/16
 SPACES = ("shared", "unimodal", "text_to_vision")
 INFERENCE = ("decoupled", "fused", "class")
 FUSIONS = ("logits", "probs")
+REG_LOSSES = ("cosine", "l1", "mse")
 
 
 @dataclass
@@ -60,6 +61,11 @@ class MMRLConfig:
     fusion: str = "logits"  # logits (released code) | probs (paper's Eq.: α·p_c + (1−α)·p_r)
     template: str = ""  # prompt template; empty: the dataset's first template
     logit_scale: float | None = None  # None: the backbone's (CLIP's exp(t); 100 for OpenAI weights, as in the code)
+    reg_loss: str = "cosine"  # cosine (paper, released) | l1 | mse: the Table 9 ablation, on raw features
+
+    def __post_init__(self) -> None:
+        if self.reg_loss not in REG_LOSSES:
+            raise ValueError(f"method.reg_loss must be one of {', '.join(REG_LOSSES)}, got {self.reg_loss!r}")
 
 
 def dataset_key(name: str) -> str:
@@ -237,13 +243,23 @@ class MMRL(Method):
         if c.vision_tokens:
             with torch.no_grad(), self.backbone.extensions_disabled():
                 clip_image = self.backbone.encode_image(images)
-            reg_image = 1 - F.cosine_similarity(f_class, clip_image, dim=-1).mean()
+            reg_image = self.regularization(f_class, clip_image)
         else:
             reg_image = torch.zeros((), device=images.device)
-        reg_text = 1 - F.cosine_similarity(text, self.clip_text.to(text.dtype), dim=-1).mean()
+        reg_text = self.regularization(text, self.clip_text.to(text.dtype))
         loss = loss + self.reg_weight * (reg_image + reg_text)
         scalars.update(reg_image=reg_image.item(), reg_text=reg_text.item())
         return LossOutput(loss, scalars, train_logits.detach())
+
+    def regularization(self, features: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
+        """The penalty towards frozen CLIP's features: 1 − mean cosine (the paper's and the released code's),
+        or, for Table 9, the element-mean L1 / squared distance of the raw features (the paper does not say
+        how its L1 and MSE rows were computed; this is the plain torch loss on the same tensors)."""
+        if self.config.reg_loss == "cosine":
+            return 1 - F.cosine_similarity(features, frozen, dim=-1).mean()
+        if self.config.reg_loss == "l1":
+            return F.l1_loss(features, frozen)
+        return F.mse_loss(features, frozen)
 
     def learned_scalars(self) -> dict[str, float]:
         """The mean L2 norm of the mapped tokens per layer (1-based) and modality: what training moves.

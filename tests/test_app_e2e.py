@@ -130,7 +130,7 @@ def test_launch_a_run_in_the_browser_and_watch_it_finish(served_app, tmp_path):
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"), executable_path=chromium, headless=True, args=CHROMIUM_FLAGS,
-            viewport={"width": 1500, "height": 1300})
+            viewport={"width": 1400, "height": 1300})  # the width the issue named
         try:
             page = context.new_page()
             page.set_default_timeout(120_000)

@@ -23,6 +23,7 @@ import pytest
 
 from data_fixtures import make_eurosat
 from workbench.runs import Registry
+from process_helpers import stop_process_group  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "app" / "main.py"
@@ -99,13 +100,7 @@ def served_app(tmp_path):
         yield url, runs, data, log
     finally:
         _kill_launched(runs)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc)
 
 
 def _settle(page, timeout_s: float = 120) -> None:

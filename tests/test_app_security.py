@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from workbench import launcher
+from process_helpers import stop_process_group  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "app" / "main.py"
@@ -75,13 +75,7 @@ def test_streamlit_run_from_the_repo_root_listens_on_loopback_only(tmp_path):
         text = log.read_text()
         assert "Network URL" not in text and "External URL" not in text, text
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc)
 
 
 def test_launching_needs_a_loopback_server_or_an_explicit_opt_in(monkeypatch):

@@ -19,7 +19,7 @@ LAYERS = [
     ("protocols", ("workbench.protocols",)),
     ("runs", ("workbench.runs",)),
     ("top", ("workbench.analysis", "workbench.launcher", "workbench.run_cli", "workbench.notebooks_cli",
-             "workbench.demo", "workbench.cli", "workbench.__main__", "workbench.bench", "workbench.bench_cli",
+             "workbench.demo", "workbench.cli", "workbench.__main__", "workbench.bench", "workbench.bench_cli", "workbench.benchmarks",
              "workbench.sweeps")),
 ]
 RANK = {prefix: i for i, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes}

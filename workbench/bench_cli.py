@@ -23,6 +23,24 @@ def add_commands(subparsers) -> None:
                    help="torch CPU threads (default: torch's); on a busy shared CPU 1 can be far faster")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_bench)
+    from .benchmarks import list_benchmarks
+
+    named = p.add_subparsers(dest="benchmark", metavar="NAME",
+                             help="a named benchmark (without one: the feature-cache benchmark above)")
+    for bench in list_benchmarks().values():
+        sub = named.add_parser(bench.name, help=bench.help, description=bench.help)
+        bench.add_arguments(sub)
+        sub.add_argument("--json", action="store_true", help="print the result as JSON")
+        sub.set_defaults(func=_named_runner(bench))
+
+
+def _named_runner(bench):
+    def run(args) -> int:
+        result = bench.run(args)
+        print(json.dumps(result) if args.json else bench.format(result))
+        return 0
+
+    return run
 
 
 def _cmd_bench(args) -> int:

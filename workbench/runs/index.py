@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from workbench.fileio import DiskFullError, atomic_write
 from workbench.paths import runs_dir
-from workbench.runs.files import METRICS, STATUS, RegistryError, RunFiles, dumps
+from workbench.runs.files import METRICS, SPEC, STATUS, RegistryError, RunFiles, dumps
 from workbench.runs.handle import STATUSES, RunHandle
 from workbench.runs.spec import RunSpec
 
@@ -620,63 +620,80 @@ class Registry:
         os.replace(db_path, target)
         return target
 
-    def rebuild_index(self) -> int:
+    def rebuild_index(self, hashes: Iterable[str] | None = None, *, write_folders: bool = True) -> int:
         """Re-create index rows from the run folders (spec/status/metrics/history files).
 
         Use after losing or damaging registry.sqlite. Existing rows are overwritten; metrics the index
-        has but whose metrics.json is gone are kept (and metrics.json rewritten). A run recorded done
-        with no metrics anywhere becomes interrupted, so the same command runs it again (resuming from
-        its last checkpoint). Returns the number of runs indexed.
+        has but whose metrics.json is gone are kept (and, with `write_folders`, metrics.json rewritten). A
+        run recorded done with no metrics anywhere becomes interrupted, so the same command runs it again
+        (resuming from its last checkpoint). `hashes` limits it to those runs (full hashes); with
+        `write_folders=False` only the SQLite index is written, never a run folder (safe while jobs on
+        other nodes write there: `workbench sweep status` merges so). Returns the number of runs indexed.
         """
-        count = 0
-        for spec_path in sorted(self.root.glob("*/spec.json")):
-            run_dir = spec_path.parent
-            try:
-                spec = RunSpec.from_dict(json.loads(spec_path.read_text()))
-            except (ValueError, TypeError, json.JSONDecodeError):
-                continue
-            if spec.short_hash != run_dir.name:
-                continue
-            files = RunFiles(run_dir)  # read them first: create_or_get writes a fresh status.json for a new row
-            status = files.read_json(STATUS)
-            status = status if isinstance(status, dict) else {}
-            metrics = files.read_json(METRICS)
-            history = files.read_history()
+        if hashes is None:
+            folders = [p.parent for p in sorted(self.root.glob("*/spec.json"))]
+        else:
+            folders = [self.run_dir(h) for h in hashes if (self.run_dir(h) / SPEC).exists()]
+        return sum(self._index_folder(folder, write_folders) for folder in folders)
+
+    def _index_folder(self, run_dir: Path, write_folders: bool) -> int:
+        """Write the index row of one run folder (1), or skip a folder that is not a run's (0)."""
+        try:
+            spec = RunSpec.from_dict(json.loads((run_dir / SPEC).read_text()))
+        except (OSError, ValueError, TypeError, json.JSONDecodeError):
+            return 0
+        if spec.short_hash != run_dir.name:
+            return 0
+        files = RunFiles(run_dir)  # read them first: create_or_get writes a fresh status.json for a new row
+        status = files.read_json(STATUS)
+        status = status if isinstance(status, dict) else {}
+        metrics = files.read_json(METRICS)
+        history = files.read_history()
+        if write_folders:
             handle = self.create_or_get(spec)
+        else:
+            self._write(lambda conn: conn.execute(
+                "INSERT OR IGNORE INTO runs (hash, short_hash, name, method, protocol, datasets, source, shots, seed,"
+                " backbone, pretrained, spec_json, status, created_at, updated_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,'pending',?,?)",
+                (spec.hash, spec.short_hash, spec.name, spec.method, spec.protocol, json.dumps(list(spec.datasets)),
+                 spec.source, spec.shots, spec.seed, spec.backbone, spec.pretrained,
+                 dumps(spec.to_dict(), sort_keys=True), _now(), _now())))
+            handle = None
 
-            def tx(conn: sqlite3.Connection, h=handle.hash, status=status, metrics=metrics, history=history) -> dict:
-                now = _now()
-                state = status.get("status") if status.get("status") in STATUSES else "pending"
-                error = status.get("error")
-                kept = None
-                if not isinstance(metrics, dict):
-                    old = conn.execute("SELECT metrics_json FROM runs WHERE hash = ?", (h,)).fetchone()
-                    kept = json.loads(old["metrics_json"]) if old and old["metrics_json"] else None
-                    metrics = kept
-                if state == "done" and metrics is None:
-                    state, error = "interrupted", (f"{METRICS} is missing: run the same command again to finish "
-                                                   "it (it resumes from its last checkpoint)")
-                conn.execute(
-                    "UPDATE runs SET status=?, progress=?, message=?, error=?, metrics_json=?, created_at=?,"
-                    " updated_at=?, started_at=?, finished_at=?, pid=?, host=? WHERE hash=?",
-                    (state, float(status.get("progress") or 0.0), status.get("message") or "", error,
-                     json.dumps(metrics) if metrics is not None else None,
-                     status.get("created_at") or now, status.get("updated_at") or now,
-                     status.get("started_at"), status.get("finished_at"), status.get("pid"), status.get("host"), h),
-                )
-                conn.execute("DELETE FROM history WHERE hash = ?", (h,))
-                conn.executemany(
-                    "INSERT INTO history (hash, epoch, values_json, logged_at) VALUES (?,?,?,?)",
-                    [(h, int(e["epoch"]), json.dumps({k: v for k, v in e.items() if k != "epoch"}), now)
-                     for e in history],
-                )
-                return dict(conn.execute("SELECT * FROM runs WHERE hash = ?", (h,)).fetchone()), kept
+        def tx(conn: sqlite3.Connection, h=spec.hash, status=status, metrics=metrics, history=history) -> dict:
+            now = _now()
+            state = status.get("status") if status.get("status") in STATUSES else "pending"
+            error = status.get("error")
+            kept = None
+            if not isinstance(metrics, dict):
+                old = conn.execute("SELECT metrics_json FROM runs WHERE hash = ?", (h,)).fetchone()
+                kept = json.loads(old["metrics_json"]) if old and old["metrics_json"] else None
+                metrics = kept
+            if state == "done" and metrics is None:
+                state, error = "interrupted", (f"{METRICS} is missing: run the same command again to finish "
+                                               "it (it resumes from its last checkpoint)")
+            conn.execute(
+                "UPDATE runs SET status=?, progress=?, message=?, error=?, metrics_json=?, created_at=?,"
+                " updated_at=?, started_at=?, finished_at=?, pid=?, host=? WHERE hash=?",
+                (state, float(status.get("progress") or 0.0), status.get("message") or "", error,
+                 json.dumps(metrics) if metrics is not None else None,
+                 status.get("created_at") or now, status.get("updated_at") or now,
+                 status.get("started_at"), status.get("finished_at"), status.get("pid"), status.get("host"), h),
+            )
+            conn.execute("DELETE FROM history WHERE hash = ?", (h,))
+            conn.executemany(
+                "INSERT INTO history (hash, epoch, values_json, logged_at) VALUES (?,?,?,?)",
+                [(h, int(e["epoch"]), json.dumps({k: v for k, v in e.items() if k != "epoch"}), now)
+                 for e in history],
+            )
+            return dict(conn.execute("SELECT * FROM runs WHERE hash = ?", (h,)).fetchone()), kept
 
-            row, kept = self._write(tx)
+        row, kept = self._write(tx)
+        if handle is not None:
             if kept is not None:
                 files.write_metrics(kept)
             handle._write_status_file(row)
-            count += 1
-        return count
+        return 1
 
 

@@ -6,10 +6,8 @@ folder (a job may be writing there); `sweep_status` counts done / running / fail
 """
 from __future__ import annotations
 
-import json
 import os
 import socket
-import time
 from typing import Iterable, Sequence
 
 from workbench.runs.files import METRICS, SPEC, STATUS, RunFiles
@@ -47,48 +45,9 @@ def run_state(registry: Registry, spec) -> tuple[str, dict]:
 
 def merge_index(registry: Registry, specs: Iterable) -> int:
     """Write the index rows (status, metrics, history) of `specs` from their run folders; only the
-    SQLite index is written. Returns the number of runs merged."""
-    count = 0
-    for spec in specs:
-        folder = registry.run_dir(spec)
-        if not (folder / SPEC).exists():
-            continue
-        files = RunFiles(folder)
-        status = files.read_json(STATUS)
-        status = status if isinstance(status, dict) else {}
-        metrics = files.read_json(METRICS)
-        metrics = metrics if isinstance(metrics, dict) else None
-        history = files.read_history()
-        state = status.get("status") or "pending"
-        if state == "done" and metrics is None:
-            state = "interrupted"
-        now = time.time()
-
-        def tx(conn, spec=spec, status=status, metrics=metrics, history=history, state=state, now=now):
-            from workbench.runs.files import dumps
-
-            conn.execute(
-                "INSERT OR IGNORE INTO runs (hash, short_hash, name, method, protocol, datasets, source, shots, seed,"
-                " backbone, pretrained, spec_json, status, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,"
-                "'pending',?,?)",
-                (spec.hash, spec.short_hash, spec.name, spec.method, spec.protocol, json.dumps(list(spec.datasets)),
-                 spec.source, spec.shots, spec.seed, spec.backbone, spec.pretrained,
-                 dumps(spec.to_dict(), sort_keys=True), status.get("created_at") or now, now))
-            conn.execute(
-                "UPDATE runs SET status=?, progress=?, message=?, error=?, metrics_json=?, updated_at=?, started_at=?,"
-                " finished_at=?, pid=?, host=? WHERE hash=?",
-                (state, float(status.get("progress") or 0.0), status.get("message") or "", status.get("error"),
-                 json.dumps(metrics) if metrics is not None else None, status.get("updated_at") or now,
-                 status.get("started_at"), status.get("finished_at"), status.get("pid"), status.get("host"),
-                 spec.hash))
-            conn.execute("DELETE FROM history WHERE hash = ?", (spec.hash,))
-            conn.executemany("INSERT INTO history (hash, epoch, values_json, logged_at) VALUES (?,?,?,?)",
-                             [(spec.hash, int(e["epoch"]), json.dumps({k: v for k, v in e.items() if k != "epoch"}),
-                               now) for e in history])
-
-        registry._write(tx)
-        count += 1
-    return count
+    SQLite index is written (`Registry.rebuild_index` without touching a folder). Returns the number
+    of runs merged."""
+    return registry.rebuild_index([spec.hash for spec in specs], write_folders=False)
 
 
 def last_error_line(registry: Registry, spec, status: dict) -> str:

@@ -16,7 +16,9 @@ from tqdm.auto import tqdm
 from ..data.images import ImageDataset, check_skipped, collate_skip_none
 from ..data.transforms import train_transform
 from ..data.types import DatasetSplits
+from .distributed import distributed_step
 from .features import FeatureCache, encode_images
+from .grad_transforms import GRAD_TRANSFORMS, StepStatistics, grad_transform_from
 
 
 def config_from_dict(cls, values: dict[str, Any] | None, what: str):
@@ -55,9 +57,15 @@ class TrainConfig:
     # methods with a frozen image tower (CoOp family) train on `feature_views` cached augmented views,
     # epoch e reading view e % feature_views, instead of encoding fresh crops every epoch
     cached_features: bool = False
+    # a second forward/backward at θ + ρ·g/‖g‖ (engine.grad_transforms): sam updates with that gradient
+    # g′, gradreg (GLAD's Algorithm 1) with (1 − α)·g + α·g′ after removing a conflict with g
+    grad_transform: str = "none"  # none | sam | gradreg
+    grad_rho: float = 0.1  # ρ: the perturbation radius (SAM's and GLAD's 0.1)
+    grad_alpha: float = 0.5  # α: gradreg's weight of g′ (GLAD's 0.5)
+    grad_delta: float = 1e-12  # δ: gradreg's stabilizer in ⟨g, g′⟩/(‖g‖² + δ) (GLAD: "a small constant")
 
     CHOICES = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine", "constant"), "schedule_unit": ("epoch", "iter"),
-               "precision": ("amp", "bf16", "fp32")}
+               "precision": ("amp", "bf16", "fp32"), "grad_transform": GRAD_TRANSFORMS}
 
     def __post_init__(self) -> None:
         problems = [f"train.{k} must be one of {', '.join(v)}, got {getattr(self, k)!r}"
@@ -74,6 +82,12 @@ class TrainConfig:
             problems.append(f"train.max_iters must be at least 1 (or null), got {self.max_iters!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             problems.append(f"train.grad_clip must be positive (or null), got {self.grad_clip!r}")
+        if not self.grad_rho > 0:
+            problems.append(f"train.grad_rho must be positive, got {self.grad_rho!r}")
+        if not 0 <= self.grad_alpha <= 1:
+            problems.append(f"train.grad_alpha must be in [0, 1], got {self.grad_alpha!r}")
+        if not self.grad_delta >= 0:
+            problems.append(f"train.grad_delta must be at least 0, got {self.grad_delta!r}")
         low, high = self.crop_scale
         if not 0 < low <= high <= 1:
             problems.append(f"train.crop_scale must be two numbers 0 < low <= high <= 1, got {self.crop_scale!r}")
@@ -243,6 +257,8 @@ def fit(method, ds: DatasetSplits, cfg: TrainConfig, *, seed: int = 1, device: s
 
     make_loader, image_dataset = _train_batches(method, ds, cfg, seed, device, cache, progress)
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    transform = grad_transform_from(cfg.grad_transform, cfg.grad_rho, cfg.grad_alpha, cfg.grad_delta)
+    ddp = distributed_step(method, device, cfg.grad_transform)  # None unless under torchrun with N > 1
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.max_iters is not None and result.steps >= cfg.max_iters:
             break
@@ -252,6 +268,7 @@ def fit(method, ds: DatasetSplits, cfg: TrainConfig, *, seed: int = 1, device: s
         steps_per_epoch = max(len(loader), 1)
         totals: dict[str, float] = {}
         seen = correct = 0
+        transform_stats = StepStatistics()
         bar = tqdm(loader, desc=f"{method.name} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
         for step, batch in enumerate(bar):
             if batch is None:
@@ -262,13 +279,22 @@ def fit(method, ds: DatasetSplits, cfg: TrainConfig, *, seed: int = 1, device: s
             _set_lr(optimizer, lr_at(cfg, epoch, step, steps_per_epoch), cfg.lr)
             optimizer.zero_grad(set_to_none=True)
             with _autocast(device, cfg.precision):
-                out = method.backward(inputs, labels, scale=scaler.scale if scaler else (lambda loss: loss))
+                if ddp is None:
+                    out = method.backward(inputs, labels, scale=scaler.scale if scaler else (lambda loss: loss))
+                else:  # this rank's shard of the global batch
+                    out, labels, n_local = ddp.backward(inputs, labels, scaler.scale if scaler else (lambda loss: loss))
             loss_value = float(out.loss.detach())
             if not math.isfinite(loss_value):
                 raise NonFiniteLossError(
                     f"{method.name}: the loss became {loss_value} at epoch {epoch + 1}, step {step + 1}. "
                     f"Lower the learning rate (now {cfg.lr}; e.g. --set train.lr={cfg.lr / 10:g}) or use "
                     "--set train.precision=fp32; the last good checkpoint is kept for inspection.")
+            if transform is not None:  # before clipping; works on unscaled gradients
+                def rerun():
+                    with _autocast(device, cfg.precision):
+                        method.backward(inputs, labels, scale=scaler.scale if scaler else (lambda loss: loss))
+
+                transform_stats.add(transform.apply(params, rerun, scaler.get_scale() if scaler else 1.0))
             if cfg.grad_clip:
                 if scaler:
                     scaler.unscale_(optimizer)
@@ -279,7 +305,7 @@ def fit(method, ds: DatasetSplits, cfg: TrainConfig, *, seed: int = 1, device: s
             else:
                 optimizer.step()
             result.steps += 1
-            n = labels.shape[0]
+            n = labels.shape[0] if ddp is None else n_local
             seen += n
             totals["loss"] = totals.get("loss", 0.0) + loss_value * n
             for k, v in out.scalars.items():
@@ -290,9 +316,12 @@ def fit(method, ds: DatasetSplits, cfg: TrainConfig, *, seed: int = 1, device: s
                 bar.set_postfix(loss=f"{loss_value:.3f}")
         check_skipped(image_dataset.skipped, len(ds.train), ds.name, image_root=ds.image_root)  # before the checkpoint
         method.on_epoch_end(epoch, cfg.epochs)
+        if ddp is not None:  # sums over ranks: the history of one process with the global batch
+            totals, seen, correct = ddp.reduce_epoch(totals, seen, correct)
         record = {k: v / max(seen, 1) for k, v in totals.items()}
         record["train_acc"] = 100.0 * correct / max(seen, 1)
         record["lr"] = optimizer.param_groups[0]["lr"]
+        record.update(transform_stats.record())
         record.update({k: float(v) for k, v in method.learned_scalars().items()})
         record["epoch"] = epoch
         result.history.append(record)
@@ -302,6 +331,8 @@ def fit(method, ds: DatasetSplits, cfg: TrainConfig, *, seed: int = 1, device: s
                                  "scaler": scaler.state_dict() if scaler else None,
                                  "history": result.history, "steps": result.steps}, epoch)
             run.set_progress((epoch + 1) / cfg.epochs, f"epoch {epoch + 1}/{cfg.epochs} loss {record['loss']:.4f}")
+    if ddp is not None:
+        ddp.close()
     if image_dataset is not None:
         result.skipped_images = len(image_dataset.skipped)
     return result

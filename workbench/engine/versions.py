@@ -11,5 +11,8 @@ History:
      inside the backbone included) run in train mode, so their dropout acts; only all-frozen sub-trees
      stay in eval; few-shot sampling keeps a class with fewer than k items once (Dassl's repeat=False),
      split files at FEW_SHOT_SPLIT_VERSION 2
+  3  training settings grow train.grad_transform / grad_rho / grad_alpha / grad_delta (SAM, GradReg):
+     results with the default "none" are unchanged, but every spec's resolved training settings (and so
+     its hash) gain these fields; the bump marks earlier runs stale rather than "not fully resolved"
 """
-ENGINE_VERSION = 2
+ENGINE_VERSION = 3

@@ -502,6 +502,27 @@ def test_pages_in_every_run_state(monkeypatch, tmp_path, status):
         assert at.info  # nothing finished / one run only: said so
 
 
+def test_runs_page_groups_a_sweeps_runs_with_its_progress(monkeypatch, tmp_path):
+    from workbench.runs.groups import write_group
+
+    reg = Registry(tmp_path / "runs")
+    in_sweep = [fake_run(reg, seed, "done", metrics={"base": 80.0, "new": 70.0, "hm": 74.67}) for seed in (1, 2, 3)]
+    in_sweep.append(fake_run(reg, 4, "running"))
+    outside = fake_run(reg, 9, "done", method="kgcoop", metrics={"base": 1.0, "new": 1.0, "hm": 1.0})
+    not_started = ["a" * 64, "b" * 64]  # in the sweep file, no job has registered them yet
+    write_group(reg.root, "grid", [r.hash for r in in_sweep] + not_started, source="/tmp/grid.yaml")
+    at = app(monkeypatch, reg.root).run()
+    no_exceptions(at)
+    assert len(frame(at, "progress")) == 5  # "All runs" first
+    at.selectbox(key="f_sweep").set_value("grid").run()
+    no_exceptions(at)
+    assert sorted(frame(at, "progress")["run"]) == sorted(r.short_hash for r in in_sweep)
+    assert outside.short_hash not in set(frame(at, "progress")["run"])
+    [bar] = at.get("progress")
+    assert "3 of 6 runs done" in bar.proto.text and bar.proto.value == 50  # percent
+    assert "1 running · 2 pending" in texts(at)
+
+
 def test_run_picker_follows_the_status(monkeypatch, tmp_path):
     reg = Registry(tmp_path / "runs")
     run = fake_run(reg, 1, "running")

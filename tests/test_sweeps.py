@@ -147,6 +147,11 @@ def test_partially_done_sweep_runs_only_the_missing_runs_debug_executor(data_roo
     listed = reg.list()
     assert set(listed["hash"]) == {s.hash for s in sweep.specs} and set(listed["status"]) == {"done"}
     assert run_sweep(sweep, reg.root, executor="debug", folder=tmp_path / "jobs", echo=None)["todo"] == []
+    from workbench.runs.groups import list_groups
+
+    [group] = list_groups(reg.root)  # the app's Runs page groups the sweep's runs by this record
+    assert group["name"] == "sweep" and group["hashes"] == [s.hash for s in sweep.specs]
+    assert group["source"] == str((tmp_path / "sweep.yaml").resolve())
     from workbench.cli import main
 
     path = tmp_path / "sweep.yaml"

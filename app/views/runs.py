@@ -6,6 +6,7 @@ import streamlit as st
 
 import appcore
 from workbench import launcher
+from workbench.runs.groups import group_progress, list_groups
 
 st.title("Runs")
 reg = appcore.registry()
@@ -44,6 +45,18 @@ if runs.empty:
     st.toggle("Auto-refresh (2 s)", value=True, key="runs_autorefresh",
               help="look for new runs every 2 seconds while this page is open")
 else:
+    groups = {g["name"]: g for g in list_groups(reg.root)}
+    group = None
+    if groups:
+        choice = st.selectbox("Sweep", ["All runs", *groups], key="f_sweep",
+                              help="the runs of one sweep (`workbench sweep FILE` records each sweep's runs)")
+        group = groups.get(choice)
+    if group is not None:
+        progress = group_progress(group, dict(zip(runs["hash"], runs["status"])))
+        st.progress(progress["fraction"], text=f"sweep **{group['name']}**: {progress['done']} of "
+                                               f"{progress['total']} runs done")
+        st.caption(" · ".join(f"{progress[s]} {s}" for s in ("running", "failed", "interrupted", "pending")
+                              if progress[s]) + (f" · file: `{group['source']}`" if group.get("source") else ""))
     cols = st.columns([1, 1, 1, 1, 0.9])
     filters = {
         "method": cols[0].multiselect("Method", sorted(runs["method"].unique()), key="f_method"),
@@ -57,6 +70,8 @@ else:
                    help="re-read the registry every 2 seconds: new runs appear, progress moves while runs are active")
 
     def apply_filters(df: pd.DataFrame) -> pd.DataFrame:
+        if group is not None:
+            df = df[df["hash"].isin(group["hashes"])]
         for col, chosen in filters.items():
             if chosen:
                 df = df[df[col].isin(chosen)]

@@ -42,11 +42,12 @@ def run_sweep(sweep: Sweep | str | Path, registry: str | Path | Registry | None 
     comes from the sweep file unless given. submitit jobs are waited for (and the index merged) when
     `wait`; otherwise `workbench sweep status FILE` follows and merges them."""
     from workbench.sweeps import executors
-    from workbench.sweeps.state import merge_index
+    from workbench.sweeps.state import merge_index, record_sweep
 
     sweep = sweep if isinstance(sweep, Sweep) else load_sweep(sweep, data_root=data_root)
     root = registry_root(sweep, registry)
     reg = Registry(root)
+    record_sweep(sweep, reg)
     todo = pending_specs(sweep, reg, only)
     kind = executor or sweep.executor.get("kind", "local")
     if echo:

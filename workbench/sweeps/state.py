@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from typing import Iterable, Sequence
 
 from workbench.runs.files import METRICS, SPEC, STATUS, RunFiles
+from workbench.runs.groups import write_group
 from workbench.runs.index import Registry
 
 STATES = ("done", "running", "failed", "interrupted", "pending")
@@ -43,6 +45,22 @@ def run_state(registry: Registry, spec) -> tuple[str, dict]:
     return (state if state in STATES else "pending"), status
 
 
+def sweep_group_name(sweep) -> str:
+    """The name a sweep's runs are grouped under in the registry: its `name:`, else its file's stem."""
+    if sweep.name:
+        return str(sweep.name)
+    return "sweep" if sweep.path.startswith("<") else Path(sweep.path).stem
+
+
+def record_sweep(sweep, registry: Registry) -> Path | None:
+    """Write the sweep's group file (`<registry>/groups/<name>.json`: its runs' hashes) for the app's Runs
+    page; None on a read-only registry."""
+    if registry.read_only:
+        return None
+    source = None if sweep.path.startswith("<") else str(Path(sweep.path).resolve())
+    return write_group(registry.root, sweep_group_name(sweep), [spec.hash for spec in sweep.specs], source=source)
+
+
 def merge_index(registry: Registry, specs: Iterable) -> int:
     """Write the index rows (status, metrics, history) of `specs` from their run folders; only the
     SQLite index is written (`Registry.rebuild_index` without touching a folder). Returns the number
@@ -62,6 +80,7 @@ def last_error_line(registry: Registry, spec, status: dict) -> str:
 def sweep_status(sweep, registry: Registry, *, merge: bool = True) -> dict:
     """{"counts": {state: n}, "runs": [(spec, state, status)], "failed": [(spec, last error line)]}."""
     if merge and not registry.read_only:
+        record_sweep(sweep, registry)
         merge_index(registry, sweep.specs)
     runs = []
     counts = {s: 0 for s in STATES}

@@ -154,15 +154,21 @@ def explicit_ridge_maps(sources: torch.Tensor, targets: torch.Tensor, lam) -> to
     return torch.linalg.solve(gram, rhs).transpose(-1, -2)
 
 
+def explicit_pair_distances(images, texts, lam_it, lam_ti, mu_it, mu_ti):
+    """Eq. 10's two distances for row pairs (images[p], texts[p]) with every W*_IT, W*_TI solved as c×c."""
+    w_it = explicit_ridge_maps(images, texts, lam_it)
+    w_ti = explicit_ridge_maps(texts, images, lam_ti)
+    itot = (texts - mu_it * torch.einsum("pij,pj->pi", w_it, images)).pow(2).sum(-1)
+    ttoi = (images - mu_ti * torch.einsum("pij,pj->pi", w_ti, texts)).pow(2).sum(-1)
+    return itot, ttoi
+
+
 def explicit_cma_distances(images, texts, lam_it, lam_ti, mu_it, mu_ti):
-    """Eq. 10's distances with every per-pair W*_IT, W*_TI solved explicitly (B·N pairs of c×c)."""
+    """Eq. 10's distances [B, N] with every per-pair map solved explicitly (B·N pairs of c×c)."""
     b, n = images.shape[0], texts.shape[0]
     img = images.unsqueeze(1).expand(b, n, -1).reshape(b * n, -1)
     txt = texts.unsqueeze(0).expand(b, n, -1).reshape(b * n, -1)
-    w_it = explicit_ridge_maps(img, txt, lam_it)
-    w_ti = explicit_ridge_maps(txt, img, lam_ti)
-    itot = (txt - mu_it * torch.einsum("pij,pj->pi", w_it, img)).pow(2).sum(-1)
-    ttoi = (img - mu_ti * torch.einsum("pij,pj->pi", w_ti, txt)).pow(2).sum(-1)
+    itot, ttoi = explicit_pair_distances(img, txt, lam_it, lam_ti, mu_it, mu_ti)
     return itot.view(b, n), ttoi.view(b, n)
 
 

@@ -5,6 +5,8 @@ Extension points, per tower:
 - token injections (`tokens.TokenInjection`) before any block or at the embedding stage;
 - residual adapters on the LayerNorm outputs feeding attention ("pre_attn") and the MLP ("pre_mlp");
 - LoRA on the q, k, v (split out of `in_proj_weight`) and o projections of any block;
+- attention biases (`AttentionBias`): additive terms on the attention logits of chosen blocks, per
+  call (e.g. HPT's relationship-structured bias); the text tower's causal mask is kept;
 - taps: every block's input tokens, the final tokens after the last LayerNorm, pooled features
   before and after the projection.
 """
@@ -31,6 +33,49 @@ class TowerOutput:
     last_hidden: torch.Tensor  # all tokens after the final LayerNorm [B, L, width]
     token_slots: dict[str, slice] = field(default_factory=dict)  # where injected tokens sit in last_hidden
     hidden_states: list[torch.Tensor] | None = None  # input of each block, then the last block's output
+
+
+class AttentionBias(nn.Module):
+    """Adds `bias(layer, x)` to the attention logits q·kᵀ/√d of blocks `layers` (0-based), before the
+    softmax and on top of the tower's own mask (the text tower's causal −inf entries stay −inf).
+
+    `x` is the block's input [B, L, width]; the bias is [L, L], [B or 1, L, L] (shared by every head) or
+    [B or 1, heads or 1, L, L]. A bias of zeros leaves the tower's outputs unchanged. Subclasses
+    implement `bias`; `CallableBias` wraps a function."""
+
+    def __init__(self, layers):
+        super().__init__()
+        self.layers = sorted(set(int(i) for i in layers))
+        if not self.layers:
+            raise ValueError("an attention bias needs at least one layer")
+
+    def bias(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class CallableBias(AttentionBias):
+    """An attention bias computed by `fn(layer, x)` (state such as which structure each sequence has
+    is the caller's)."""
+
+    def __init__(self, fn, layers):
+        super().__init__(layers)
+        self.fn = fn
+
+    def bias(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(layer, x)
+
+
+def _bias_4d(name: str, bias: torch.Tensor, batch: int, heads: int, length: int) -> torch.Tensor:
+    given = tuple(bias.shape)
+    if bias.dim() == 2:
+        bias = bias.unsqueeze(0)
+    if bias.dim() == 3:
+        bias = bias.unsqueeze(1)
+    if (bias.dim() != 4 or bias.shape[-2:] != (length, length) or bias.shape[0] not in (1, batch)
+            or bias.shape[1] not in (1, heads)):
+        raise ValueError(f"attention bias {name!r} has shape {given}; expected [L, L], [B, L, L] or "
+                         f"[B, heads, L, L] with L={length}, B={batch} (or 1), heads={heads} (or 1)")
+    return bias
 
 
 class BlockExtensions(nn.Module):
@@ -108,6 +153,7 @@ class _Tower(nn.Module):
         self.num_layers = len(transformer.resblocks)
         self.extensions = nn.ModuleList([BlockExtensions() for _ in range(self.num_layers)])
         self.injections = nn.ModuleDict()
+        self.attention_biases = nn.ModuleDict()
         self.extensions_enabled = True
 
     # -- extension points ------------------------------------------------------------------
@@ -128,6 +174,17 @@ class _Tower(nn.Module):
             raise IndexError(f"{self.tower_name}: injection stages {bad} outside 0..{self.num_layers - 1}")
         self.injections[name] = injection
         return injection
+
+    def add_attention_bias(self, name: str, bias: AttentionBias) -> AttentionBias:
+        """Add `bias.bias(layer, x)` to the attention logits of blocks `bias.layers` (see AttentionBias)."""
+        if not isinstance(bias, AttentionBias):
+            raise TypeError(f"add_attention_bias needs an AttentionBias (e.g. CallableBias(fn, layers)), "
+                            f"got {type(bias).__name__}")
+        if name in self.attention_biases:
+            raise KeyError(f"{self.tower_name} already has an attention bias named {name!r}")
+        bias.layers = self._layers(bias.layers)
+        self.attention_biases[name] = bias
+        return bias
 
     def add_adapter(self, layer: int, site: str, adapter: nn.Module) -> nn.Module:
         """`adapter` maps the LayerNorm output h to h' (residual adapters return h + delta(h))."""
@@ -175,14 +232,16 @@ class _Tower(nn.Module):
                 lora.merged = sign > 0
 
     def has_extensions(self) -> bool:
-        """Whether anything is attached (an injection, an adapter, LoRA), enabled or not."""
-        return bool(len(self.injections)) or not all(ext.is_empty() for ext in self.extensions)
+        """Whether anything is attached (an injection, an attention bias, an adapter, LoRA), enabled or not."""
+        return (bool(len(self.injections)) or bool(len(self.attention_biases))
+                or not all(ext.is_empty() for ext in self.extensions))
 
     def clear_extensions(self) -> None:
         if any(lora.merged for ext in self.extensions for lora in ext.lora.values()):
             self.unmerge_lora()
         self.extensions = nn.ModuleList([BlockExtensions() for _ in range(self.num_layers)])
         self.injections = nn.ModuleDict()
+        self.attention_biases = nn.ModuleDict()
 
     def _param_device_dtype(self):
         p = next(self.transformer.parameters())
@@ -199,6 +258,17 @@ class _Tower(nn.Module):
             raise RuntimeError("cannot disable extensions while LoRA is merged; call unmerge_lora() first")
         return _NO_EXTENSIONS
 
+    def _attention_mask(self, i: int, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The tower's own mask (None or [L, L]) plus every active attention bias of block i."""
+        if not self.extensions_enabled:
+            return mask
+        heads = self.transformer.resblocks[i].attn.num_heads
+        for name, provider in self.attention_biases.items():
+            if i in provider.layers:
+                bias = _bias_4d(name, provider.bias(i, x), x.shape[0], heads, x.shape[1]).to(x.dtype)
+                mask = bias if mask is None else mask + bias
+        return mask
+
     def _run_blocks(self, x, state: InjectionState, mask_fn, output_hidden_states: bool):
         hidden = [] if output_hidden_states else None
         injections = self._active_injections()
@@ -207,7 +277,8 @@ class _Tower(nn.Module):
                 x = state.apply(x, i, injections)
             if hidden is not None:
                 hidden.append(x)
-            x = block_forward(block, x, mask_fn(x.shape[1], x), self._block_extensions(i))
+            mask = self._attention_mask(i, x, mask_fn(x.shape[1], x))
+            x = block_forward(block, x, mask, self._block_extensions(i))
         if hidden is not None:
             hidden.append(x)
         return x, hidden

@@ -111,11 +111,13 @@ def _task(args: tuple) -> tuple[int, dict]:
 
 
 def run_local(specs: Sequence, registry_root: str, *, workers: int = 1, devices: Sequence | None = None,
-              threads: int = 1, data_root: str | None = None, echo: Callable[[str], Any] | None = print) -> list[dict]:
+              threads: int = 1, data_root: str | None = None, echo: Callable[[str], Any] | None = print,
+              describe: Callable[[Any, dict], str] | None = None) -> list[dict]:
     """Run `specs` in a pool of worker processes (multiprocessing.Pool, spawned) into one registry.
     With `devices` (GPU ids), one worker per device, each seeing only its GPU (CUDA_VISIBLE_DEVICES).
     Ctrl-C: no new run starts, running ones are stopped by SIGTERM (`Pool.terminate`; the run is
-    recorded interrupted and resumes on the next sweep) and KeyboardInterrupt is raised."""
+    recorded interrupted and resumes on the next sweep) and KeyboardInterrupt is raised. `describe(spec,
+    result)` adds text to each finished run's line."""
     device = "cuda" if devices else None
     jobs = [(i, s.to_dict(), str(registry_root), device, data_root) for i, s in enumerate(specs)]
     results: list[dict] = [{}] * len(specs)
@@ -125,7 +127,8 @@ def run_local(specs: Sequence, registry_root: str, *, workers: int = 1, devices:
             results[i] = out
             if echo:
                 state = out["status"] + (f" ({out['error']})" if out.get("error") else "")
-                echo(f"[{n}/{len(specs)}] {specs[i].short_hash} {specs[i].display_name}: {state}")
+                tail = describe(specs[i], out) if describe else ""
+                echo(f"[{n}/{len(specs)}] {specs[i].short_hash} {specs[i].display_name}: {state}{tail}")
         pool.close()
     except BaseException:
         pool.terminate()  # SIGTERM to every worker: a running run becomes interrupted

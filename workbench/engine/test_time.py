@@ -13,7 +13,8 @@ Facts from TPT's release (azshue/TPT, tpt_classification.py, data/datautils.py):
 test-transformed original + 63 augmented ones (random resized crops + flips; AugMix on top for the
 fine-grained datasets); the 10% lowest-entropy views are selected on the first step and reused for
 the others; loss = entropy of the views' mean probability; 1 step of AdamW at lr 5e-3 (torch's default
-weight decay 0.01); prompt and optimizer state are reset before each sample; the prediction is the
+weight decay 0.01); prompt and optimizer state are reset before each sample (views here are seeded per sample path: any order gives the same
+result); the prediction is the
 tuned model on the original image; fp16 autocast with a GradScaler (init_scale 1000).
 
 Resume: with a run handle, progress is checkpointed every `checkpoint_every` samples (phase
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import math
+import zlib
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -168,8 +170,10 @@ def average_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(avg.exp() * avg).sum(-1)
 
 
-def _sample_seed(seed: int, index: int) -> int:
-    return seed * 1_000_003 + index
+def _sample_seed(seed: int, sample_path: str) -> int:
+    """Views are seeded by the run's seed and the sample itself (not its position), so the order in
+    which samples arrive changes nothing (offline TTT)."""
+    return seed * 1_000_003 + zlib.crc32(sample_path.encode())
 
 
 def _autocast(device: torch.device, precision: str):
@@ -313,7 +317,7 @@ def adapt_and_predict(method, ds: DatasetSplits, cfg: TestTimeConfig | None = No
                 skipped += 1
             else:
                 img, label, _ = item
-                x = views(img, cfg.views, _sample_seed(seed, i))
+                x = views(img, cfg.views, _sample_seed(seed, samples[i].path))
                 if not cfg.include_original:
                     x = torch.cat([predict_tf(img).unsqueeze(0), x])  # predicted, not tuned on
                 x = x.to(device)

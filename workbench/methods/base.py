@@ -89,6 +89,11 @@ class Method(nn.Module):
         self.task = task
         self.config = config
         self.eval_domain = "base"
+        if getattr(config, "dual_shared", False):  # DsRA's plug-in (methods/_dual_shared.py), any method
+            from ._dual_shared import attach_dual_shared
+
+            with torch.random.fork_rng(devices=[]):  # the method's own random inits stay as without it
+                self.dual_shared = attach_dual_shared(backbone, config)
 
     # -- training -----------------------------------------------------------------------------
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> LossOutput:
@@ -108,8 +113,10 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def learned_scalars(self) -> dict[str, float]:
-        """Learned hyperparameters to record every epoch (e.g. DAM's λ, α, β, ρ)."""
-        return {}
+        """Learned hyperparameters to record every epoch (e.g. DAM's λ, α, β, ρ; the dual-shared
+        adapters' coefficients when attached)."""
+        adapters = getattr(self, "dual_shared", None)
+        return adapters.learned_scalars() if adapters is not None else {}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -170,7 +177,19 @@ class Method(nn.Module):
         already encoded (cached), pass through."""
         if inputs.dim() == 2:
             return inputs
+        if not self.backbone.image_tower_is_pretrained():  # e.g. trainable adapters attached: gradients flow
+            return self.backbone.encode_image(inputs)
         with torch.no_grad():
+            return self.backbone.encode_image(inputs)
+
+    def zero_shot_image_features(self, inputs: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """The pretrained tower's features of `inputs` (a zero-shot teacher's): `features` when they are
+        already those (nothing attached to the image tower), else re-encoded with extensions disabled."""
+        if features is not None and (inputs.dim() == 2 or self.backbone.image_tower_is_pretrained()):
+            return features.detach()
+        if inputs.dim() == 2:
+            return inputs
+        with torch.no_grad(), self.backbone.extensions_disabled():
             return self.backbone.encode_image(inputs)
 
     def reads_tower_features_only(self) -> bool:

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ._dual_shared import DualSharedSwitch
 from .base import LossOutput, Preset, register_method
 from .coop import TOY_CACHED_VIEWS, TOY_TRAIN, CoOp, dassl_sgd
 from .common import clip_logits, method_templates, zero_shot_text_features
 
 
 @dataclass
-class KgCoOpConfig:
+class KgCoOpConfig(DualSharedSwitch):  # dual_shared=True: DsRA's plug-in (Table 5 of papers/dsra.txt)
     n_ctx: int = 4
     ctx_init: str = "a photo of a"
     class_specific: bool = False

@@ -21,13 +21,14 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.gradients import loss_gradients, project_conflicting_all, write_gradients
+from ._dual_shared import DualSharedSwitch
 from .base import LossOutput, Method, Preset, register_method
 from .common import TextContext, clip_logits, method_templates, zero_shot_text_features
 from .coop import TOY_CACHED_VIEWS, TOY_TRAIN, CoOp, dassl_sgd
 
 
 @dataclass
-class ProGradConfig:
+class ProGradConfig(DualSharedSwitch):  # dual_shared=True: DsRA's plug-in (Table 5 of papers/dsra.txt)
     n_ctx: int = 16
     # words placed in the LAST context slots, the others start at zero ("X … X a photo of a {class}.");
     # None: the teacher template without " {}." (released CTX_INIT: True); "": random N(0, 0.02)
@@ -100,8 +101,9 @@ class ProGrad(CoOp):
 
     def losses(self, images, labels):
         image_features = self.image_tower_features(images)  # CoOp leaves the image tower frozen
-        with torch.no_grad():
-            teacher = clip_logits(self.backbone, image_features, self.zero_shot_text)
+        with torch.no_grad():  # zero-shot CLIP: the pretrained tower's features (adapted ones with a plug-in)
+            teacher = clip_logits(self.backbone, self.zero_shot_image_features(images, image_features),
+                                  self.zero_shot_text)
         logits = clip_logits(self.backbone, image_features, self.class_features(self.train_tokens))
         ce = F.cross_entropy(logits, labels)
         t = self.config.temperature

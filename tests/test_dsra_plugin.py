@@ -103,7 +103,7 @@ def test_prograd_plugin_projects_the_added_parameters_per_tensor_against_zero_sh
     method.backward(x, y)
     assert any((g * k).sum() < 0 for g, k in zip(g_ce, g_kl) if g is not None)  # the projection is exercised
     for p, e in zip(params, expected):
-        torch.testing.assert_close(p.grad, e, rtol=1e-4, atol=1e-6 * e.abs().max().item() + 1e-9)
+        torch.testing.assert_close(p.grad, e, rtol=1e-4, atol=1e-4 * e.abs().max().item() + 1e-9)
 
 
 def test_plugin_off_keeps_the_methods_run_settings(build):

@@ -5,7 +5,11 @@ terms), as a tuple of small dicts; the app and notebooks render them with no met
 
     plots = ({"kind": "scalars", "columns": ["gate_*"], "title": "Gates"},       # lines over epochs
              {"kind": "heatmap", "columns": ["token_norm.vision.*"]},          # epoch x column
-             {"kind": "distribution", "columns": ["rank_*"]})                   # last epoch's values
+             {"kind": "distribution", "columns": ["rank_*"]},                  # last epoch's values
+             {"kind": "grid", "columns": ["R.*"]})                              # rows x cols at one epoch
+
+A "grid" reads columns named `<prefix>.<row>.<col>` (e.g. `R.pre_attn.3.7`: layer 3, entry 7) and shows
+each prefix as a rows x cols heatmap at the last epoch, or at `epoch` (in the declaration or the call).
 
 `columns` are fnmatch patterns over history columns (the training curves show every changing series
 anyway; declarations add the method's own views). Series that stay constant over every logged epoch are
@@ -23,7 +27,7 @@ import pandas as pd
 from workbench.analysis.figures import numeric_history_columns
 
 ENGINE_COLUMNS = ("loss", "train_acc", "lr")  # what the training loop records for every method
-KINDS = ("scalars", "heatmap", "distribution")
+KINDS = ("scalars", "heatmap", "distribution", "grid")
 
 
 def split_history(history: pd.DataFrame) -> tuple[list[str], dict[str, float]]:
@@ -55,7 +59,8 @@ def validate_plots(plots) -> list[dict]:
             raise ValueError(f"plot {i}: kind must be one of {KINDS}, got {kind!r}")
         if not cols or isinstance(cols, str):
             raise ValueError(f"plot {i}: columns must be a non-empty list of patterns")
-        out.append({"kind": kind, "columns": list(cols), "title": p.get("title") or ", ".join(cols)})
+        out.append({"kind": kind, "columns": list(cols), "title": p.get("title") or ", ".join(cols),
+                    **({"epoch": int(p["epoch"])} if p.get("epoch") is not None else {})})
     return out
 
 
@@ -64,9 +69,49 @@ def declared_plots(method_cls) -> list[dict]:
     return validate_plots(getattr(method_cls, "plots", ()) if method_cls is not None else ())
 
 
-def inspector_figure(history: pd.DataFrame, plot: dict):
+def grid_cells(columns: Sequence[str]) -> dict[str, dict[tuple[int, int], str]]:
+    """{prefix: {(row, col): column}} of the columns named `<prefix>.<row>.<col>` (integers row, col)."""
+    out: dict[str, dict[tuple[int, int], str]] = {}
+    for c in columns:
+        parts = c.rsplit(".", 2)
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            out.setdefault(parts[0], {})[(int(parts[1]), int(parts[2]))] = c
+    return out
+
+
+def grid_figure(history: pd.DataFrame, cols: Sequence[str], title: str, epoch: int | None = None):
+    """One rows x cols heatmap per prefix of `cols` at `epoch` (default: the last logged one)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from workbench.analysis import figures
+
+    cells = grid_cells(cols)
+    if not cells or history.empty:
+        return None
+    data = history.sort_values("epoch")
+    rows = data[data["epoch"] == epoch] if epoch is not None else data.iloc[[-1]]
+    if rows.empty:
+        raise ValueError(f"epoch {epoch} is not in the history (epochs {data['epoch'].tolist()})")
+    row = rows.iloc[-1]
+    prefixes = sorted(cells)
+    fig = make_subplots(rows=len(prefixes), cols=1, subplot_titles=prefixes, vertical_spacing=0.12)
+    for i, prefix in enumerate(prefixes, start=1):
+        n_rows = 1 + max(r for r, _ in cells[prefix])
+        n_cols = 1 + max(c for _, c in cells[prefix])
+        z = np.full((n_rows, n_cols), np.nan)
+        for (r, c), name in cells[prefix].items():
+            z[r, c] = pd.to_numeric(row[name], errors="coerce")
+        fig.add_trace(go.Heatmap(z=z, colorscale="RdBu", zmid=0.0, coloraxis=None, showscale=i == 1,
+                                 hovertemplate=prefix + " row %{y} col %{x}<br>%{z:.4g}<extra></extra>"), row=i, col=1)
+        fig.update_yaxes(title_text="row", row=i, col=1)
+    fig.update_xaxes(title_text="col")
+    return figures._layout(fig, f"{title} (epoch {int(row['epoch'])})", height=max(320, 260 * len(prefixes)))
+
+
+def inspector_figure(history: pd.DataFrame, plot: dict, epoch: int | None = None):
     """The figure of one declaration over `history`, or None when no column matches. Constant series
-    are left out of "scalars" plots (they are settings)."""
+    are left out of "scalars" plots (they are settings). `epoch` picks a grid's epoch."""
     import plotly.graph_objects as go
 
     from workbench.analysis import figures
@@ -78,6 +123,8 @@ def inspector_figure(history: pd.DataFrame, plot: dict):
     if not cols:
         return None
     data = history.sort_values("epoch")
+    if plot["kind"] == "grid":
+        return grid_figure(data, cols, plot["title"], epoch if epoch is not None else plot.get("epoch"))
     if plot["kind"] == "scalars":
         return figures.history_figure(data, cols, separate=False, title=plot["title"])
     if plot["kind"] == "heatmap":

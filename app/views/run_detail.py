@@ -144,7 +144,8 @@ def curves_view() -> None:
         return
     if columns:
         c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
-        chosen = c1.multiselect("Series", columns, default=columns, key="d_series",
+        gridded = set(inspect.matching(columns, [c for d in plots if d["kind"] == "grid" for c in d["columns"]]))
+        chosen = c1.multiselect("Series", columns, default=[c for c in columns if c not in gridded], key="d_series",
                                 help="loss, accuracy, learning rate and the values the method records that change")
         separate = c2.toggle("One panel per series", value=True, key="d_separate")
         if chosen:
@@ -160,7 +161,12 @@ def curves_view() -> None:
                                     "matching settings": [", ".join(same[k][:4]) for k in constants]}),
                       key="d_constants", name=f"{short}_constants")
     for i, declared in enumerate(plots):
-        fig = inspect.inspector_figure(history, declared)
+        epoch = None
+        if declared["kind"] == "grid" and history["epoch"].nunique() > 1:  # a grid shows one epoch: pick it
+            epochs = sorted(int(e) for e in history["epoch"].unique())
+            epoch = st.select_slider(f"Epoch of “{declared['title']}”", options=epochs,
+                                     value=declared.get("epoch", epochs[-1]), key=f"d_grid_epoch_{i}")
+        fig = inspect.inspector_figure(history, declared, epoch=epoch)
         if fig is not None:
             appcore.plot(fig, key=f"d_inspect_{i}", name=f"{short}_{declared['kind']}_{i}")
     with st.expander("History table"):

@@ -109,6 +109,22 @@ def shard_bounds(n: int, world: int, index: int) -> tuple[int, int]:
     return start, start + base + (1 if index < extra else 0)
 
 
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's `x` [n_r, ...] concatenated in rank order, differentiable (the backward sums the
+    gradients of all ranks into each rank's part); shards may differ in size."""
+    if not active():
+        return x
+    world = dist.get_world_size()
+    sizes = [None] * world
+    dist.all_gather_object(sizes, int(x.shape[0]))
+    longest = max(sizes)
+    padded = torch.cat([x, x.new_zeros((longest - x.shape[0],) + tuple(x.shape[1:]))]) if x.shape[0] < longest else x
+    import torch.distributed.nn.functional as dist_fn
+
+    parts = dist_fn.all_gather(padded)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
+
 def rewrites_gradients(method) -> bool:
     """Whether `method` overrides `Method.backward` (several passes per step, gradient rewrites)."""
     return getattr(type(method).backward, "__qualname__", "") != "Method.backward"
@@ -135,6 +151,7 @@ class DistributedStep:
                              "per step), which DistributedDataParallel does not support: run it in one process "
                              "(without torchrun / --nproc)")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.gathered = getattr(method, "distributed_loss", "local_mean") == "gathered"
         device_ids = [device.index if device.index is not None else torch.cuda.current_device()] \
             if device.type == "cuda" else None
         self.ddp = nn.parallel.DistributedDataParallel(_TrainingLoss(method), device_ids=device_ids,
@@ -149,7 +166,8 @@ class DistributedStep:
         if count == 0:  # fewer samples than ranks: one sample at weight 0 keeps this rank in the reduction
             start, stop = 0, 1
         out = self.ddp(inputs[start:stop], labels[start:stop])
-        weight = count * self.world / n
+        # a loss over the gathered global batch (distributed_loss = "gathered") is already the global one
+        weight = 1.0 if self.gathered else count * self.world / n
         scale(out.loss * weight).backward()
         if count == 0:
             out.logits = None
@@ -206,5 +224,5 @@ class FollowerRun:
 
 
 __all__ = ["DistributedContext", "DistributedStep", "FollowerRun", "active", "barrier", "broadcast_object",
-           "distributed_step", "init_distributed", "is_main", "launched_by_torchrun", "rank", "rank_device",
+           "distributed_step", "gather_with_grad", "init_distributed", "is_main", "launched_by_torchrun", "rank", "rank_device",
            "rewrites_gradients", "shard_bounds", "world_size"]

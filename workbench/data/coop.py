@@ -19,6 +19,7 @@ import warnings
 from collections import OrderedDict
 from pathlib import Path
 
+from workbench.data.knowledge import knowledge_files
 from workbench.data.manifests import Manifest, load_manifest
 from workbench.data.types import DatasetSplits, Sample
 
@@ -79,6 +80,7 @@ def load_from_manifest(m: Manifest, root: str | os.PathLike | None = None) -> Da
         val=val,
         test=test,
         descriptions=_read_descriptions(m, dataset_dir),
+        knowledge_files=knowledge_files(m, dataset_dir) or None,
         parent_labels=parent_labels,
     )
 

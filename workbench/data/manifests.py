@@ -20,7 +20,7 @@ TOY_ROOT = "toy"  # default_root value that resolves to workbench.paths.toy_data
 DATA_ENV = "WORKBENCH_DATA"
 
 _REQUIRED = ("name", "display_name", "folder", "image_dir", "split", "templates", "expected", "obtain", "license")
-_OPTIONAL = ("classname_renames", "variant_of", "descriptions", "default_root")
+_OPTIONAL = ("classname_renames", "variant_of", "descriptions", "structures", "default_root")
 
 
 class ManifestError(ValueError):
@@ -88,7 +88,8 @@ class Manifest:
     license: str
     classname_renames: dict[str, str] = field(default_factory=dict)
     variant_of: str | None = None
-    descriptions: str | None = None
+    descriptions: str | None = None  # {classname: [sentences]} inside the dataset folder (data.knowledge)
+    structures: str | None = None  # {classname: [structure]} in HPT's layout, one per description
     default_root: str | None = None
     source: Path | None = None  # the YAML file it came from
 
@@ -248,6 +249,7 @@ def manifest_from_dict(raw: dict[str, Any], source: Path | None = None) -> Manif
         classname_renames={str(k): str(v) for k, v in renames.items()},
         variant_of=raw.get("variant_of"),
         descriptions=raw.get("descriptions"),
+        structures=raw.get("structures"),
         default_root=raw.get("default_root"),
         source=source,
     )

@@ -100,6 +100,7 @@ def few_shot_splits(
         val=ds.val if val is None else val,
         test=ds.test,
         descriptions=ds.descriptions,
+        knowledge_files=ds.knowledge_files,
         parent_labels=ds.parent_labels,
     )
 

@@ -29,6 +29,8 @@ class DatasetSplits:
     val: list[Sample] = field(default_factory=list)
     test: list[Sample] = field(default_factory=list)
     descriptions: dict[str, list[str]] | None = None  # classname -> descriptive sentences
+    # {"descriptions" | "structures": path} of the class-knowledge files the manifest names (data.knowledge)
+    knowledge_files: dict[str, str] | None = None
     # for a dataset labelled in another dataset's label space (ImageNet-A/R/V2/Sketch): class i here
     # is class parent_labels[i] of the parent (manifest variant_of); None otherwise
     parent_labels: list[int] | None = None
@@ -62,6 +64,7 @@ class DatasetSplits:
             val=keep(self.val),
             test=keep(self.test),
             descriptions=descriptions,
+            knowledge_files=self.knowledge_files,
             parent_labels=None if self.parent_labels is None else [self.parent_labels[i] for i in labels],
         )
 
@@ -74,7 +77,9 @@ class ClassTask:
     classnames: tuple[str, ...]
     templates: tuple[str, ...] = ("a photo of a {}.",)
     descriptions: dict[str, list[str]] | None = field(default=None, compare=False, hash=False)
+    knowledge_files: dict[str, str] | None = field(default=None, compare=False, hash=False)
 
     @classmethod
     def from_splits(cls, ds) -> "ClassTask":
-        return cls(ds.name, tuple(ds.classnames), tuple(ds.templates), ds.descriptions)
+        return cls(ds.name, tuple(ds.classnames), tuple(ds.templates), ds.descriptions,
+                   getattr(ds, "knowledge_files", None))

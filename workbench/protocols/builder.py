@@ -94,9 +94,11 @@ def _file_digest(path) -> str | None:
 
 def data_identity(datasets: Sequence[str], data_root: str | None) -> dict:
     """What identifies the data a run reads: the resolved data root and, per dataset, its split and
-    class files' digests (a toy dataset: its world version). SpecError for an unknown dataset or a
+    class files' digests, and of its description and structure files (a toy dataset: its world and
+    knowledge versions). SpecError for an unknown dataset or a
     real dataset without a data root. Image bytes are covered by the feature cache's own keys."""
     from ..data.manifests import DataRootError, list_manifests, load_manifest
+    from ..data.toy.knowledge import KNOWLEDGE_VERSION
     from ..data.toy.world import WORLD_VERSION
 
     known = list_manifests()
@@ -108,7 +110,7 @@ def data_identity(datasets: Sequence[str], data_root: str | None) -> dict:
     for name in datasets:
         manifest = load_manifest(name)
         if manifest.is_toy:
-            out[name] = {"toy": WORLD_VERSION}
+            out[name] = {"toy": WORLD_VERSION, "knowledge": KNOWLEDGE_VERSION}
             continue
         try:
             resolved = manifest.resolve_root(data_root).resolve()
@@ -117,6 +119,7 @@ def data_identity(datasets: Sequence[str], data_root: str | None) -> dict:
         root = str(resolved)
         folder = resolved / manifest.folder
         files = [manifest.split.file] + [manifest.split.get(k) for k in ("classnames_file", "variants_file")]
+        files += [manifest.descriptions, manifest.structures]  # class knowledge (HPT, DAM), when named
         out[name] = {f: _file_digest(folder / f) for f in files if f}
     return {"root": root, "datasets": out}
 

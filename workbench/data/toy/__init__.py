@@ -12,7 +12,8 @@ import contextlib
 import json
 from pathlib import Path
 
-from .datasets import DEFAULT_DATA_SEED, SPECS, TOY_OBJECTS, TOY_OBJECTS_SHIFTED, TOY_VOCAB, build_all, dataset_is_current
+from .datasets import (DEFAULT_DATA_SEED, SPECS, TOY_OBJECTS, TOY_OBJECTS_SHIFTED, TOY_VOCAB, build_all,
+                       dataset_is_current, knowledge_is_current)
 from .world import WORLD_VERSION
 
 EMBEDDED_MODEL_DIRNAME = "toy-clip"
@@ -54,7 +55,7 @@ def toy_data_is_current(root: Path | None = None) -> bool:
     from workbench.paths import toy_data_root
 
     root = Path(root) if root is not None else toy_data_root()
-    return all(dataset_is_current(root / name, DEFAULT_DATA_SEED) for name in SPECS)
+    return all(dataset_is_current(root / name, DEFAULT_DATA_SEED) and knowledge_is_current(root / name) for name in SPECS)
 
 
 def ensure_toy_data(force: bool = False) -> Path:

@@ -2,7 +2,8 @@
 
 <root>/<folder>/images/<classdir>/<split>_<i>.png
 <root>/<folder>/split_zhou_<Name>.json   {"train"|"val"|"test": [[relpath, label, classname], ...]}
-<root>/<folder>/descriptions.json        {classname: [sentences]}
+<root>/<folder>/descriptions.json        {classname: [sentences]}       (knowledge.py, HPT's layout)
+<root>/<folder>/structures.json          {classname: [structures]}
 <root>/<folder>/toy_meta.json            world version + seed (used to detect stale data)
 
 Each image has its own generator seeded by (seed, dataset, class, split, index), so the output does
@@ -19,7 +20,7 @@ from PIL import Image
 
 from workbench.paths import staged_dir
 
-from . import world
+from . import knowledge, world
 
 DEFAULT_DATA_SEED = 0
 
@@ -85,11 +86,27 @@ def render_dataset(spec: ToyDatasetSpec, folder: Path, seed: int = DEFAULT_DATA_
                 world.render(attrs, size, rng).save(folder / "images" / rel, format="PNG", optimize=False, compress_level=6)
                 split_lists[split].append([rel, label, cls.name])
     (folder / spec.split_file).write_text(json.dumps(split_lists, indent=0), encoding="utf-8")
-    desc = {cls.name: list(cls.descriptions) for cls in classes}
-    (folder / "descriptions.json").write_text(json.dumps(desc, indent=1), encoding="utf-8")
     meta = {"world_version": world.WORLD_VERSION, "seed": seed, "size": size, "classes": len(classes),
             "counts": list(n_per_split)}
+    _write_knowledge(folder, spec, meta)
+
+
+def _write_knowledge(folder: Path, spec: ToyDatasetSpec, meta: dict) -> None:
+    knowledge.write_knowledge(folder, spec.classes())
+    meta = {**meta, knowledge.META_KEY: knowledge.KNOWLEDGE_VERSION}
     (folder / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+
+
+def _read_meta(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def knowledge_is_current(folder: Path) -> bool:
+    """True if `folder` holds description and structure files of the current KNOWLEDGE_VERSION."""
+    return knowledge.knowledge_is_current(folder, _read_meta(folder))
 
 
 def dataset_is_current(folder: Path, seed: int = DEFAULT_DATA_SEED, counts: tuple[int, int, int] | None = None) -> bool:
@@ -117,6 +134,8 @@ def build_all(root: Path, seed: int = DEFAULT_DATA_SEED, force: bool = False,
     for name, spec in SPECS.items():
         final = root / name
         if not force and dataset_is_current(final, seed, counts):
+            if not knowledge_is_current(final):  # images are current: rewrite only the text files
+                _write_knowledge(final, spec, _read_meta(final))
             continue
         with staged_dir(final) as tmp:
             render_dataset(spec, tmp, seed, counts=counts)

@@ -1,5 +1,6 @@
-"""Gradient rewrites shared by methods that override `Method.backward` (ProGrad's projection,
-GLAD's GradReg): compute per-loss gradients, compare and project them, write `.grad`."""
+"""Gradient rewrites shared by methods that override `Method.backward` (ProGrad's projection):
+compute per-loss gradients, compare and project them, write `.grad`. Transforms that need a second
+pass at perturbed weights (SAM, GLAD's GradReg) are the engine's: `engine.grad_transforms`."""
 from __future__ import annotations
 
 from typing import Sequence

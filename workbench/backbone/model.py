@@ -10,7 +10,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from .load import LoadedCLIP, load_clip, weights_fingerprint
+from .plain import PlainTower
 from .towers import TextTower, TowerOutput, VisionTower
+
+
+def _tower(build, encode, name: str):
+    """The workbench tower (with extension points), or open_clip's own encoder where it does not apply."""
+    try:
+        return build()
+    except NotImplementedError as exc:
+        return PlainTower(encode, name, str(exc))
+
+
+def _output_dim(clip: nn.Module) -> int:
+    """The joint embedding width of an open_clip model whose image tower is not a VisionTransformer."""
+    for owner in (clip, getattr(clip, "text", None)):
+        proj = getattr(owner, "text_projection", None)
+        if isinstance(proj, torch.Tensor):
+            return int(proj.shape[1])
+        if isinstance(proj, nn.Linear):
+            return int(proj.out_features)
+    for owner in (clip.visual, getattr(clip, "text", None)):
+        if isinstance(getattr(owner, "output_dim", None), int):
+            return owner.output_dim
+    raise NotImplementedError(f"cannot tell the embedding width of {type(clip).__name__}")
 
 
 class CLIPBackbone(nn.Module):
@@ -24,8 +47,8 @@ class CLIPBackbone(nn.Module):
         self.mean, self.std, self.image_size = loaded.mean, loaded.std, loaded.image_size
         if freeze:
             self.clip.requires_grad_(False)
-        self.visual = VisionTower(self.clip.visual)
-        self.text = TextTower(self.clip)
+        self.visual = _tower(lambda: VisionTower(self.clip.visual), self.clip.encode_image, "image")
+        self.text = _tower(lambda: TextTower(self.clip), self.clip.encode_text, "text")
         self._fingerprint: str | None = None
 
     @classmethod
@@ -42,6 +65,8 @@ class CLIPBackbone(nn.Module):
 
     @property
     def embed_dim(self) -> int:
+        if isinstance(self.visual, PlainTower):
+            return _output_dim(self.clip)
         proj = self.clip.visual.proj
         return proj.shape[1] if proj is not None else self.visual.width
 

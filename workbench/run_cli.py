@@ -14,7 +14,7 @@ def add_commands(subparsers) -> None:
                    help="a registered protocol (`workbench protocols` lists them with their datasets and metrics)")
     p.add_argument("--dataset", nargs="+", default=["toy_objects"],
                    help="dataset(s); for cross_dataset / domain_generalization: source then targets")
-    p.add_argument("--shots", type=int, default=16)
+    p.add_argument("--shots", type=_shots, default=16, help="shots per class; 'none': all training data")
     p.add_argument("--seed", type=int, nargs="+", default=[1], help="one run per seed")
     p.add_argument("--backbone", default="toy", help="'toy' (embedded default) or an open_clip model name")
     p.add_argument("--pretrained", default=None, help="tag (e.g. openai) or weights file")
@@ -29,6 +29,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--name", default=None, help="display label (not part of the run's identity)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved specs and whether each is done")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="train on N processes of this node with DDP (launches torchrun --standalone; GPUs: one "
+                        "per process, else gloo on CPU); the same as `torchrun --nproc_per_node=N -m workbench run ...`")
     p.set_defaults(func=_cmd_run)
 
     pr = subparsers.add_parser("protocols", help="the registered protocols: datasets, metrics, domains, settings")
@@ -43,6 +46,26 @@ def add_commands(subparsers) -> None:
                         "e.g. ViT-B-16-quickgelu; default: the embedded toy architecture")
     s.add_argument("--classes", type=int, default=10, help="classes of the task used for the count (default 10)")
     m.set_defaults(func=_cmd_methods)
+
+
+def _shots(text: str) -> int | None:
+    if str(text).lower() in ("none", "all", "null"):
+        return None
+    return int(text)
+
+
+def _run_argv(args) -> list[str]:
+    """`workbench run` arguments equal to `args`, without --nproc (what each torchrun process gets)."""
+    out = ["run", "--method", args.method, "--protocol", args.protocol, "--dataset", *args.dataset,
+           "--shots", "none" if args.shots is None else str(args.shots), "--seed", *map(str, args.seed),
+           "--backbone", args.backbone]
+    for flag, value in (("--pretrained", args.pretrained), ("--preset", args.preset), ("--root", args.root),
+                        ("--device", args.device), ("--registry", args.registry), ("--name", args.name)):
+        if value is not None:
+            out += [flag, str(value)]
+    for setting in args.settings:
+        out += ["--set", setting]
+    return out + [flag for flag, on in (("--force", args.force), ("--quiet", args.quiet)) if on]
 
 
 def specs_from_args(args) -> list:
@@ -65,6 +88,18 @@ def _cmd_run(args) -> int:
     except (SpecError, SettingError, KeyError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
+    if args.nproc and not args.dry_run:
+        from .runs.distributed import launch
+
+        return launch(args.nproc, _run_argv(args))
+    from .engine.distributed import launched_by_torchrun
+
+    if launched_by_torchrun() and not args.dry_run:
+        from .runs.distributed import run_specs_distributed
+
+        run_specs_distributed(specs, args.registry, device=args.device, data_root=args.root, force=args.force,
+                              progress=not args.quiet)
+        return 0
     registry = Registry(args.registry)
     if args.dry_run:
         for spec in specs:

@@ -154,8 +154,7 @@ class DistributedStep:
         self.gathered = getattr(method, "distributed_loss", "local_mean") == "gathered"
         device_ids = [device.index if device.index is not None else torch.cuda.current_device()] \
             if device.type == "cuda" else None
-        self.ddp = nn.parallel.DistributedDataParallel(_TrainingLoss(method), device_ids=device_ids,
-                                                       broadcast_buffers=False)
+        self.ddp = nn.parallel.DistributedDataParallel(_TrainingLoss(method), device_ids=device_ids)
 
     def backward(self, inputs: torch.Tensor, labels: torch.Tensor, scale: Callable = lambda loss: loss):
         """Forward and backward of this rank's shard of the global batch; returns (LossOutput, the shard's

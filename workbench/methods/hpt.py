@@ -140,6 +140,7 @@ class HPT(Method):
     def __init__(self, backbone, task, config):
         super().__init__(backbone, task, config)
         c = config
+        knowledge = self.read_knowledge(task)  # before anything is attached: a bad file leaves the backbone clean
         text, visual = backbone.text, backbone.visual
         self.n_slots = c.n_text_prompts + c.n_descriptions
         depth = text.num_layers
@@ -160,14 +161,18 @@ class HPT(Method):
         self._active: tuple[ClassBank, torch.Tensor, torch.Tensor] | None = None
         self._high_level: torch.Tensor | None = None
         self.to(backbone.device)
-        self.train_bank = self.build_bank(task)
+        self.train_bank = self.build_bank(task, knowledge)
         self.eval_bank = self.train_bank
 
     # -- class knowledge ------------------------------------------------------------------------
-    def build_bank(self, task) -> ClassBank:
-        """The prompts, relationship matrices and frozen description features of `task`'s classes,
-        from its description and structure files (errors name the file, class and what to add)."""
-        knowledge = require_knowledge(task, self.config.n_descriptions, kinds=(DESCRIPTIONS, STRUCTURES))
+    def read_knowledge(self, task) -> dict:
+        """`task`'s descriptions and structures, n_descriptions per class (errors name the file, the class
+        and what to add)."""
+        return require_knowledge(task, self.config.n_descriptions, kinds=(DESCRIPTIONS, STRUCTURES))
+
+    def build_bank(self, task, knowledge: dict | None = None) -> ClassBank:
+        """The prompts, relationship matrices and frozen description features of `task`'s classes."""
+        knowledge = self.read_knowledge(task) if knowledge is None else knowledge
         return ClassBank(self.backbone, task.classnames, knowledge[DESCRIPTIONS], knowledge[STRUCTURES],
                          self.config.n_text_prompts, self.config.n_descriptions, self.config.text_batch_size)
 

@@ -140,3 +140,27 @@ def test_check_files_reports_ok_missing_and_invalid(tmp_path):
     rows = {kind: (status, detail) for kind, status, detail in knowledge.check_files(m, tmp_path)}
     assert rows["descriptions"][0] == "ok" and "1 classes, 1 per class" in rows["descriptions"][1]
     assert rows["structures"][0] == "invalid" and "lacks" in rows["structures"][1]
+
+
+def test_data_check_reports_knowledge_files(tmp_path):
+    try:
+        from data_fixtures import make_eurosat, make_toy
+    except ImportError:  # pragma: no cover - run from the repository root
+        from tests.data_fixtures import make_eurosat, make_toy
+    from workbench.data.check import check_dataset, format_reports
+
+    make_toy(tmp_path)  # descriptions.json (1 sentence per class), no structures.json
+    text = format_reports([check_dataset("toy_objects", root=tmp_path, verify="none")])
+    assert f"descriptions: ok: {tmp_path / 'toy_objects' / 'descriptions.json'}: 3 classes, 1 per class" in text
+    assert "structures: MISSING (needed by HPT, DAM)" in text and str(tmp_path / "toy_objects" / "structures.json") in text
+    assert "toy_objects (Toy objects): OK" in text  # optional files do not make the dataset incomplete
+    make_eurosat(tmp_path, corrupt=False)
+    report = check_dataset("eurosat", root=tmp_path, verify="none")
+    assert [k["status"] for k in report.knowledge] == ["missing", "missing"]
+    assert "HPT's data/gpt_data/description/EuroSAT.json" in load_instructions("eurosat", tmp_path)
+
+
+def load_instructions(name, root):
+    from workbench.data.manifests import load_manifest
+
+    return " ".join(load_manifest(name).how_to_obtain(root).split())

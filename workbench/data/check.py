@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from workbench.data.coop import DatasetFormatError, DatasetMissingError, load_from_manifest
+from workbench.data.knowledge import check_files as check_knowledge_files
 from workbench.data.manifests import DataRootError, Manifest, list_manifests, load_manifest
 from workbench.data.sampling import FewShotCacheError, few_shot_splits, fewshot_filename
 
@@ -43,6 +44,8 @@ class DatasetReport:
     missing_examples: list[str] = field(default_factory=list)
     unreadable_examples: list[str] = field(default_factory=list)
     fewshot_files: int = 0
+    # class knowledge files the manifest names (HPT, DAM): {"kind", "status": ok|missing|invalid, "detail"}
+    knowledge: list[dict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     next_steps: list[str] = field(default_factory=list)
     needs_root: bool = False  # not checked: no data root was given
@@ -111,6 +114,8 @@ def check_dataset(
         return rep
 
     rep.classes = ds.num_classes
+    rep.knowledge = [{"kind": kind, "status": status, "detail": detail}
+                     for kind, status, detail in check_knowledge_files(m, data_root / m.folder, ds.classnames)]
     rep.counts = {"train": len(ds.train), "val": len(ds.val), "test": len(ds.test)}
     if ds.val is ds.test and ds.val:
         rep.counts["val"] = 0  # ImageNet: val is the test set, not a split of its own
@@ -224,6 +229,11 @@ def format_reports(reports: Iterable[DatasetReport]) -> str:
                 f"  images: {r.present} present, {r.missing} missing, {r.unreadable} unreadable"
                 f" ({r.checked} of {r.present} decoded); few-shot files: {r.fewshot_files}"
             )
+        for k in r.knowledge:  # needed only by methods that read class knowledge (HPT, DAM)
+            first, *rest = k["detail"].splitlines()
+            label = "ok" if k["status"] == "ok" else k["status"].upper() + " (needed by HPT, DAM)"
+            lines.append(f"  {k['kind']}: {label}: {first}")
+            lines.extend(f"        {x}" for x in rest)
         for p in r.problems:
             lines.append(f"  problem: {p}")
         for s in r.next_steps:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -279,8 +278,7 @@ def _read_descriptions(m: Manifest, dataset_dir: Path) -> dict[str, list[str]] |
     if not m.descriptions:
         return None
     path = dataset_dir / m.descriptions
-    if not path.is_file():
-        warnings.warn(f"{m.name}: descriptions file {path} not found; continuing without descriptions", stacklevel=3)
+    if not path.is_file():  # optional: `workbench data check` reports it, methods that need it say where
         return None
     raw = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(raw, dict):

@@ -216,3 +216,42 @@ def test_rada_with_clip_adapter_trains_mask_and_adapter(tiny_backbone):
     feats = torch.randn(2, tiny_backbone.embed_dim)
     adapted = method.image_features(feats)
     torch.testing.assert_close(adapted, 0.2 * method.adapter(feats) + 0.8 * feats)
+
+
+def test_automatic_chunks_keep_attention_under_the_budget_and_stay_exact(monkeypatch):
+    from workbench.methods import _rada_mask
+
+    torch.manual_seed(0)
+    head = RationalMask(16, heads=4)
+    randomize(head, std=0.05)
+    img, txt = torch.randn(3, 16), torch.randn(10, 16)
+    whole = head(img, txt, 5.0)
+    seen = []
+    original = MultiQueryAttention._chunk_out
+
+    def spy(self, keys, values, lse, n, *queries):
+        seen.append(queries[0].shape[1])
+        return original(self, keys, values, lse, n, *queries)
+
+    monkeypatch.setattr(_rada_mask, "MAX_ATTENTION_BYTES", 3 * 4 * 10 * 4 * 3)  # 3 query rows per chunk
+    monkeypatch.setattr(MultiQueryAttention, "_chunk_out", spy)
+    torch.testing.assert_close(head(img, txt, 5.0), whole, atol=1e-5, rtol=1e-5)
+    assert seen == [3, 3, 3, 1]
+
+
+def test_benchmark_reports_both_settings_and_exact_chunking():
+    import argparse
+
+    from workbench.benchmarks import list_benchmarks
+
+    bench = list_benchmarks()["rada"]
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--classes", "12", "--dim", "16", "--chunk", "5", "--repeats", "1", "--views", "4",
+                              "--steps", "1", "--ttt-classes", "3"])
+    result = bench.run(args)
+    (row,) = result["eft"]
+    assert row["classes"] == 12 and row["max_logit_difference"] < 1e-4
+    assert row["chunked"]["attention_bytes"] == 8 * 5 * 12 * 4 and row["unchunked"]["attention_bytes"] == 8 * 12 * 12 * 4
+    assert set(result["ttt"]) == {"tpt", "rada"} and result["ttt"]["rada"]["ratio"] > 0
+    assert "TPT (reference)" in bench.format(result)

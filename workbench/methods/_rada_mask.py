@@ -22,9 +22,11 @@ its only query (keys and values stay R), and the outputs add up residually:
 M^l = relu(1 + Σ_{j≤l} out_j). Every output projection is zero-initialized, so M^L = 1 at init for any L.
 
 Memory: R, K and V are B × C × D; the attention weights would be B × H × C × C. Query classes are
-processed in chunks of `class_chunk` (exact: each chunk attends to every key), so the weights held at
-once are B × H × chunk × C; when gradients are on, each chunk is recomputed in backward
-(torch.utils.checkpoint) so activations stay bounded too. `class_chunk=None`: one chunk.
+processed in chunks of `class_chunk` rows (exact: each chunk attends to every key), so the weights held
+at once are B × H × chunk × C; when there is more than one chunk and gradients are on, each chunk is
+recomputed in backward (torch.utils.checkpoint) so activations stay bounded too. `class_chunk=None`
+picks the rows so that one query's weights stay under MAX_ATTENTION_BYTES (256 MB): one chunk for the
+EFT's batch 1 at C = 1000 (32 MB), 16 rows for batch 512 (FFT). `workbench bench rada` measures both.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 QUERIES = ("image", "text", "rational")
+MAX_ATTENTION_BYTES = 256 * 2**20  # class_chunk=None: query rows per chunk so one query's weights stay below this
 SOFTMAX = ("rows", "flat")
 
 
@@ -76,7 +79,8 @@ class MultiQueryAttention(nn.Module):
         batch, n, dim = kv.shape
         queries = [q.expand(batch, n, dim) for q in queries]
         keys, values = self._split(self.k_proj(kv)), self._split(self.v_proj(kv))
-        chunk = n if not class_chunk or class_chunk >= n else int(class_chunk)
+        rows = int(class_chunk) if class_chunk else max(1, MAX_ATTENTION_BYTES // (batch * self.heads * n * 4))
+        chunk = min(rows, n)
         lse = self._flat_normalizers(queries, keys, chunk) if self.softmax == "flat" else None
         use_checkpoint = torch.is_grad_enabled() and chunk < n
         outs = []

@@ -66,8 +66,8 @@ class RAdaConfig:
     reg_loss: str = field(default="l2", metadata={
         "help": "mask regularization: l2 mean (M−1)² (paper), l1 mean |M−1|, linf per-sample max |M−1| (released)"})
     reg_weight: float = field(default=1.5, metadata={"help": "λ of the mask regularization (paper EFT: 1.5)"})
-    class_chunk: int | None = field(default=256, metadata={
-        "help": "query classes per attention chunk (bounded memory for 1000 classes; exact); None: all at once"})
+    class_chunk: int | None = field(default=None, metadata={
+        "help": "query classes per attention chunk (exact); None: as many as keep one query's weights < 256 MB"})
     compose: str = field(default="none", metadata={
         "help": "none | coop (learn CoOp text context under the mask) | clip_adapter (CLIP-Adapter on f)"})
     n_ctx: int = field(default=4, metadata={"help": "compose=coop: context tokens (from ctx_init when given)"})
@@ -137,7 +137,7 @@ class RAda(Method):
                            "khufia/RAda as released: lr_1e-3_layers_4_epochs_5_base2new.yaml (batch 32, lr 5e-5, "
                            "5 epochs, wd 5e-4, cosine), flat softmax, LInf mask loss (α from the command line; "
                            "the paper's 1.5 here)"),
-        "toy": Preset({"templates": None, "class_chunk": None}, adamw(0.002, 6, 8, crop_scale=TOY_CROP_SCALE),
+        "toy": Preset({"templates": None}, adamw(0.002, 6, 8, crop_scale=TOY_CROP_SCALE),
                       "embedded toy world, CPU budget: batch 8, lr 0.002, 6 epochs over 6 cached views"),
     }
 

@@ -112,7 +112,7 @@ BAD = [
     ("grid:\n  - methods: [coop]\n    seeds: [1]\n    settings:\n      train.epochs: 1\n      method.n_ctxx: 4\n",
      6, "n_ctxx"),
     ("methods: [coop]\nexecutor: {kind: slurmm}\n", 2, "unknown executor"),
-    ("methods: [coop]\nslurm: {gpus_per_task: 4}\n", 2, "several GPUs per run are not supported"),
+    ("methods: [coop]\nslurm: {gpus_per_task: 0}\n", 2, "gpus_per_task is a whole number of at least 1"),
 ]
 
 

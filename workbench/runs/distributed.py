@@ -82,12 +82,13 @@ def run_specs_distributed(specs: Sequence[RunSpec], registry: Registry | str | N
     return outcomes
 
 
-def torchrun_command(nproc: int, module_args: Sequence[str], standalone: bool = True) -> list[str]:
-    """The command that starts `python -m workbench <module_args>` on `nproc` processes of this node."""
+def torchrun_command(nproc: int, module_args: Sequence[str], standalone: bool = True,
+                     module: str = "workbench") -> list[str]:
+    """The command that starts `python -m <module> <module_args>` on `nproc` processes of this node."""
     if nproc < 1:
         raise ValueError(f"--nproc must be at least 1, got {nproc}")
     head = [sys.executable, "-m", "torch.distributed.run"] + (["--standalone"] if standalone else [])
-    return head + [f"--nproc_per_node={nproc}", "-m", "workbench", *module_args]
+    return head + [f"--nproc_per_node={nproc}", "-m", module, *module_args]
 
 
 def launch(nproc: int, module_args: Sequence[str]) -> int:

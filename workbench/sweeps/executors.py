@@ -25,10 +25,12 @@ except ImportError:  # pragma: no cover
 
 
 def run_task(spec_dict: dict, registry_root: str, *, index: str = "shared", device: str | None = None,
-             data_root: str | None = None) -> dict:
+             data_root: str | None = None, nproc: int = 1) -> dict:
     """Execute one spec into the registry at `registry_root`; {"hash", "status", "metrics"} or
     {"hash", "status": "failed", "error"}. index: "shared" (the registry's own SQLite index) or
-    "folders" (a private node-local index; only the run folder is written in the registry)."""
+    "folders" (a private node-local index; only the run folder is written in the registry).
+    nproc > 1: the spec runs under torchrun on `nproc` processes of this node (DDP; the GPUs the task
+    sees, one per process, else gloo on CPU)."""
     from workbench.protocols.runspec import RunSpec
     from workbench.runs.execute import execute
     from workbench.runs.index import Registry
@@ -47,7 +49,10 @@ def run_task(spec_dict: dict, registry_root: str, *, index: str = "shared", devi
         else:
             registry = Registry(root)
         try:
-            run = execute(spec, registry, device=device, data_root=data_root, progress=False)
+            if nproc > 1:
+                run = execute_under_torchrun(spec, registry, nproc, device=device, data_root=data_root)
+            else:
+                run = execute(spec, registry, device=device, data_root=data_root, progress=False)
         except SystemExit:  # submitit exits after requeueing (preemption / timeout)
             run = registry.find(spec)
             if run is not None:
@@ -62,14 +67,56 @@ def run_task(spec_dict: dict, registry_root: str, *, index: str = "shared", devi
             shutil.rmtree(stage, ignore_errors=True)
 
 
+class _Stopped(Exception):
+    pass
+
+
+def _stop(signum, frame):
+    raise _Stopped(signum)
+
+
+def execute_under_torchrun(spec, registry, nproc: int, *, device: str | None = None, data_root: str | None = None):
+    """Run `spec` into `registry` with `python -m workbench.runs.distributed` on `nproc` torchrun processes
+    (standalone rendezvous on this node); the run handle, or RuntimeError with torchrun's last error line.
+    SIGTERM stops torchrun (which stops its workers) before this process goes."""
+    import subprocess
+
+    from workbench.runs.distributed import torchrun_command
+
+    with tempfile.TemporaryDirectory(prefix=f"wb-torchrun-{spec.short_hash}-") as tmp:
+        path = Path(tmp) / "spec.json"
+        path.write_text(spec.to_json())
+        args = [str(path), str(registry.root)] + (["--data-root", data_root] if data_root else []) + \
+            (["--device", device] if device else [])
+        proc = subprocess.Popen(torchrun_command(nproc, args, module="workbench.runs.distributed"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        previous = signal.signal(signal.SIGTERM, _stop)
+        try:
+            _, err = proc.communicate()
+        except BaseException:
+            proc.terminate()
+            proc.wait()
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    if proc.returncode != 0:
+        lines = [line for line in err.splitlines() if line.strip() and "Error" in line] or err.splitlines()[-1:]
+        raise RuntimeError(f"torchrun with {nproc} processes exited with {proc.returncode}: "
+                           f"{lines[-1] if lines else 'no output'}")
+    run = registry.find(spec)
+    if run is None:
+        raise RuntimeError(f"torchrun finished but run {spec.short_hash} is not in {registry.root}")
+    return run
+
+
 class SweepTask(_Checkpointable):
     """The callable submitit runs for one array task. On preemption or timeout submitit calls
     `checkpoint` (its `__submitit_checkpoint__` hook), which resubmits the same task: `execute` then
     resumes the run from its last epoch checkpoint."""
 
     def __call__(self, spec_dict: dict, registry_root: str, index: str = "folders",
-                 data_root: str | None = None) -> dict:
-        return run_task(spec_dict, registry_root, index=index, data_root=data_root)
+                 data_root: str | None = None, nproc: int = 1) -> dict:
+        return run_task(spec_dict, registry_root, index=index, data_root=data_root, nproc=nproc)
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         import submitit
@@ -106,20 +153,36 @@ def worker_pool(workers: int, devices: Sequence | None = None, threads: int = 1)
 
 
 def _task(args: tuple) -> tuple[int, dict]:
-    i, spec_dict, root, device, data_root = args
-    return i, run_task(spec_dict, root, index="shared", device=device, data_root=data_root)
+    i, spec_dict, root, device, data_root, nproc = args
+    return i, run_task(spec_dict, root, index="shared", device=device, data_root=data_root, nproc=nproc)
+
+
+def device_groups(devices: Sequence, per_task: int) -> list[str]:
+    """GPU ids cut into groups of `per_task` ("0,1", "2,3"), one group per worker; a remainder too
+    small for a task is left unused."""
+    if per_task < 1:
+        raise ValueError(f"gpus_per_task must be at least 1, got {per_task}")
+    ids = [str(d) for d in devices]
+    groups = [",".join(ids[i:i + per_task]) for i in range(0, len(ids) - per_task + 1, per_task)]
+    if not groups:
+        raise ValueError(f"{len(ids)} device(s) {ids} cannot hold a task of {per_task} GPUs")
+    return groups
 
 
 def run_local(specs: Sequence, registry_root: str, *, workers: int = 1, devices: Sequence | None = None,
               threads: int = 1, data_root: str | None = None, echo: Callable[[str], Any] | None = print,
-              describe: Callable[[Any, dict], str] | None = None) -> list[dict]:
+              describe: Callable[[Any, dict], str] | None = None, gpus_per_task: int = 1,
+              nproc_per_task: int | None = None) -> list[dict]:
     """Run `specs` in a pool of worker processes (multiprocessing.Pool, spawned) into one registry.
     With `devices` (GPU ids), one worker per device, each seeing only its GPU (CUDA_VISIBLE_DEVICES).
     Ctrl-C: no new run starts, running ones are stopped by SIGTERM (`Pool.terminate`; the run is
     recorded interrupted and resumes on the next sweep) and KeyboardInterrupt is raised. `describe(spec,
     result)` adds text to each finished run's line."""
     device = "cuda" if devices else None
-    jobs = [(i, s.to_dict(), str(registry_root), device, data_root) for i, s in enumerate(specs)]
+    if devices and gpus_per_task > 1:  # each worker sees its group of GPUs; its tasks run under torchrun
+        devices = device_groups(devices, gpus_per_task)
+    nproc = gpus_per_task if devices else int(nproc_per_task or 1)
+    jobs = [(i, s.to_dict(), str(registry_root), device, data_root, nproc) for i, s in enumerate(specs)]
     results: list[dict] = [{}] * len(specs)
     pool = worker_pool(min(workers, len(specs)), devices, threads)
     try:
@@ -175,8 +238,14 @@ def submit(specs: Sequence, registry_root: str, kind: str, *, folder: str | Path
     index = index or (slurm or {}).get("index") or ("folders" if kind == "slurm" else "shared")
     executor = make_executor(kind, folder, slurm)
     n = len(specs)
+    nproc = task_processes(slurm or {}, kind)
     return executor.map_array(SweepTask(), [s.to_dict() for s in specs], [str(registry_root)] * n,
-                              [index] * n, [data_root] * n)
+                              [index] * n, [data_root] * n, [nproc] * n)
+
+
+def task_processes(slurm: dict, kind: str) -> int:
+    """Processes per submitit task: one per GPU it requests (torchrun inside the task when > 1)."""
+    return max(1, int(slurm.get("gpus_per_task", 1 if kind == "slurm" else 0) or 1))
 
 
 def wait(jobs: Sequence, echo: Callable[[str], Any] | None = print) -> list[dict]:

@@ -61,7 +61,9 @@ def run_sweep(sweep: Sweep | str | Path, registry: str | Path | Registry | None 
         devs = [devs] if isinstance(devs, (int, str)) else devs
         out["results"] = executors.run_local(todo, str(root), workers=int(workers or sweep.executor.get("workers", 1)),
                                              devices=devs, threads=int(sweep.executor.get("threads", 1)),
-                                             data_root=data_root, echo=echo)
+                                             data_root=data_root, echo=echo,
+                                             gpus_per_task=int(sweep.executor.get("gpus_per_task", 1)),
+                                             nproc_per_task=sweep.executor.get("nproc_per_task"))
         return out
     folder = Path(folder or sweep.slurm.get("folder") or root / "_sweep_jobs" / "%j")
     jobs = executors.submit(todo, str(root), kind, folder=folder, slurm=sweep.slurm, data_root=data_root)

@@ -14,6 +14,10 @@
     slurm: {partition: gpu, array_parallelism: 32, gpus_per_task: 1, cpus_per_task: 8, mem_gb: 32,
             time_min: 240, max_requeues: 3}
 
+Several GPUs per task (full fine-tuning): `slurm: {gpus_per_task: 4}` or, locally, `executor: {devices: [0, 1, 2, 3],
+gpus_per_task: 2}` (each worker sees its 2 GPUs); `executor: {nproc_per_task: 2}` without devices: 2 CPU processes
+(gloo). Such a task runs its spec under torchrun (`python -m workbench.runs.distributed`, DDP).
+
 Grid keys at the top level are defaults for every block (with no `grid`, they are the one block).
 Singular spellings (method, seed, ...) are accepted. Every error names the file and line.
 """
@@ -32,7 +36,7 @@ BLOCK_KEYS = {"methods": "methods", "method": "methods", "protocols": "protocols
               "presets": "presets", "preset": "presets", "settings": "settings", "vary": "vary",
               "data_root": "data_root"}
 TOP_KEYS = {"grid", "registry", "executor", "slurm", "metrics", "name"}
-EXECUTOR_KEYS = {"kind", "workers", "devices", "device", "threads"}
+EXECUTOR_KEYS = {"kind", "workers", "devices", "device", "threads", "gpus_per_task", "nproc_per_task"}
 SLURM_KEYS = {"partition", "array_parallelism", "gpus_per_task", "cpus_per_task", "mem_gb", "time_min",
               "max_requeues", "account", "qos", "constraint", "folder", "additional", "setup", "torchrun",
               "index"}
@@ -166,11 +170,17 @@ def load_sweep(source: str | Path | Mapping, *, data_root: str | None = None) ->
         doc.fail(("executor", "kind"), f"unknown executor {kind!r}{_suggest(kind, EXECUTORS)}; executors: "
                                        f"{', '.join(EXECUTORS)}")
     slurm = _section(doc, data, "slurm", SLURM_KEYS)
-    if slurm.get("torchrun") or int(slurm.get("gpus_per_task") or 1) > 1:
-        key = "torchrun" if slurm.get("torchrun") else "gpus_per_task"
-        doc.fail(("slurm", key), "several GPUs per run are not supported yet: the engine trains on one device "
-                                 "(no DDP), so a torchrun task would leave all GPUs but one idle; use "
-                                 "gpus_per_task: 1 and array_parallelism for throughput")
+    # N > 1 GPUs (or CPU processes) per task: the task runs under torchrun with DDP (engine.distributed)
+    for section, name in ((executor, "executor"), (slurm, "slurm")):
+        for key in ("gpus_per_task", "nproc_per_task"):
+            value = section.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                doc.fail((name, key), f"{key} is a whole number of at least 1, got {value!r}")
+    if "torchrun" in slurm and not isinstance(slurm["torchrun"], bool):
+        doc.fail(("slurm", "torchrun"), f"torchrun is true or false, got {slurm['torchrun']!r}")
+    if slurm.get("torchrun") is False and int(slurm.get("gpus_per_task") or 1) > 1:
+        doc.fail(("slurm", "torchrun"), "a task with several GPUs runs under torchrun (DDP); torchrun: false would "
+                                        "leave all GPUs but one idle")
     root = data_root if data_root is not None else data.get("data_root")
     specs: dict[str, Any] = {}
     lines: dict[str, int] = {}

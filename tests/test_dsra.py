@@ -131,7 +131,8 @@ def test_dsra_equals_promptsrc_at_step_zero(clean):
     for name in ("promptsrc", "dsra"):
         clean.clear_extensions()
         torch.manual_seed(5)
-        method = build_method(name, clean, TASK, preset="toy", overrides=ONE_TEMPLATE)
+        method = build_method(name, clean, TASK, preset="toy",
+                              overrides={**ONE_TEMPLATE, "text_weight": 25.0, "image_weight": 10.0})
         _, _, logits = method.prompted_logits(x, method.train_tokens)
         torch.manual_seed(0)
         results[name] = (logits.detach(), method.training_loss(x, labels).loss.item(), method)

@@ -103,3 +103,28 @@ else:
     st.caption("Resolved settings (`RunSpec.resolved_settings()`) of each run" +
                (" (the first run of each group; seeds aside, a group shares them)" if mode == "groups" else "") +
                f"; {cr.MISSING} = the run has no such setting.")
+
+if mode == "runs" and len(chosen) >= 2:  # image features of two runs side by side (e.g. DsRA's Fig. 4c)
+    from workbench.analysis import embeddings as emb
+
+    st.subheader("Image features side by side")
+    pair = chosen[:2]
+    dirs = {h: str(reg.get(h).dir) for h in pair}
+    common = [k for k in emb.stored_keys(dirs[pair[0]]) if k in emb.stored_keys(dirs[pair[1]])]
+    if not common:
+        st.info("The first two chosen runs share no split with stored image embeddings.")
+    elif st.toggle("Project the first two runs' test image features (t-SNE, the same settings for both)",
+                   key="c_tsne"):
+        split = st.selectbox("Split", common, key="c_tsne_split")
+
+        @st.cache_data(show_spinner=False, max_entries=8)
+        def _projection(run_dir: str, key: str):
+            pts = emb.stacked_embeddings(run_dir, [key])
+            xy = emb.project(pts.image, "tsne", random_state=0)
+            return xy.coords, [str(c) for c in pts.classname[xy.index]]
+
+        for column, h in zip(st.columns(2), pair):
+            with column, st.spinner(f"t-SNE of {labels[h]}…"):
+                coords, names = _projection(dirs[h], split)
+                appcore.plot(figures.embedding_scatter(coords, classnames=names, color_by="class", title=labels[h]),
+                             key=f"c_tsne_{h}", name=f"compare_tsne_{h}")

@@ -13,6 +13,7 @@ from workbench.analysis import figures, inspect
 from workbench.analysis.metrics import confusion_matrix, per_class_accuracy
 from workbench.methods import get_method_class
 from workbench.runs import load_embeddings
+from workbench.runs.files import load_inspection
 
 VIEWS = {"curves": "Training curves", "similarity": "Similarities", "embeddings": "Embeddings",
          "confusion": "Confusion", "log": "Log"}
@@ -161,6 +162,9 @@ def curves_view() -> None:
                                     "matching settings": [", ".join(same[k][:4]) for k in constants]}),
                       key="d_constants", name=f"{short}_constants")
     for i, declared in enumerate(plots):
+        if declared["kind"] == "arrays":
+            arrays_view(declared, i)
+            continue
         epoch = None
         if declared["kind"] == "grid" and history["epoch"].nunique() > 1:  # a grid shows one epoch: pick it
             epochs = sorted(int(e) for e in history["epoch"].unique())
@@ -171,6 +175,22 @@ def curves_view() -> None:
             appcore.plot(fig, key=f"d_inspect_{i}", name=f"{short}_{declared['kind']}_{i}")
     with st.expander("History table"):
         appcore.table(history, key="d_history_table", name=f"{short}_history")
+
+
+def arrays_view(declared: dict, i: int) -> None:
+    """A declared "arrays" plot: arrays the method stored for a few evaluated images of each split."""
+    stored = load_inspection(run.dir)
+    if not stored:
+        st.info(f"“{declared['title']}”: this run stored no inspection arrays (yet: they are written after "
+                "each split is evaluated).")
+        return
+    c1, c2 = st.columns(2)
+    key = c1.selectbox(f"Split of “{declared['title']}”", list(stored), key=f"d_arrays_key_{i}")
+    count = max(int(np.asarray(a).shape[0]) for a in stored[key].values())
+    image = int(c2.number_input("Image", min_value=0, max_value=count - 1, value=0, step=1, key=f"d_arrays_image_{i}",
+                                help="which of the stored test images of this split"))
+    for j, fig in enumerate(inspect.array_figures(stored[key], declared, image=image)):
+        appcore.plot(fig, key=f"d_arrays_{i}_{j}", name=f"{short}_arrays_{i}_{j}")
 
 
 if view == "curves":

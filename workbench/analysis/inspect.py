@@ -8,6 +8,11 @@ terms), as a tuple of small dicts; the app and notebooks render them with no met
              {"kind": "distribution", "columns": ["rank_*"]},                  # last epoch's values
              {"kind": "grid", "columns": ["R.*"]})                              # rows x cols at one epoch
 
+An "arrays" plot reads no history: its `columns` name arrays the method produces for some evaluated
+images (`Method.inspection_arrays`, stored in the run folder, `runs.files.load_inspection`), each
+[images, rows, cols]; `array_figures` draws the first one's value distribution over the stored images and
+a heatmap of each for one chosen image.
+
 A "grid" reads columns named `<prefix>.<row>.<col>` (e.g. `R.pre_attn.3.7`: layer 3, entry 7) and shows
 each prefix as a rows x cols heatmap at the last epoch, or at `epoch` (in the declaration or the call).
 
@@ -27,7 +32,7 @@ import pandas as pd
 from workbench.analysis.figures import numeric_history_columns
 
 ENGINE_COLUMNS = ("loss", "train_acc", "lr")  # what the training loop records for every method
-KINDS = ("scalars", "heatmap", "distribution", "grid")
+KINDS = ("scalars", "heatmap", "distribution", "grid", "arrays")
 
 
 def split_history(history: pd.DataFrame) -> tuple[list[str], dict[str, float]]:
@@ -116,6 +121,8 @@ def inspector_figure(history: pd.DataFrame, plot: dict, epoch: int | None = None
 
     from workbench.analysis import figures
 
+    if plot["kind"] == "arrays":  # drawn from stored arrays (array_figures), not from the history
+        return None
     series, _ = split_history(history)
     all_cols = numeric_history_columns(history) if not history.empty else []
     pool = series if plot["kind"] == "scalars" else all_cols
@@ -140,3 +147,33 @@ def inspector_figure(history: pd.DataFrame, plot: dict, epoch: int | None = None
     fig.update_xaxes(title_text=f"value at epoch {int(last['epoch'])}")
     fig.update_yaxes(title_text="columns")
     return figures._layout(fig, plot["title"], height=340)
+
+
+def array_figures(arrays: dict, plot: dict, image: int = 0) -> list:
+    """[distribution of the first declared array's values, heatmaps of every declared array for
+    `image`] from stored inspection arrays ({name: [images, rows, cols]}); [] when none is stored."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from workbench.analysis import figures
+
+    names = matching(list(arrays), plot["columns"])
+    if not names:
+        return []
+    first = np.asarray(arrays[names[0]], dtype=float)
+    if not 0 <= image < first.shape[0]:
+        raise ValueError(f"image must be in 0..{first.shape[0] - 1}, got {image}")
+    values = first.ravel()
+    dist = go.Figure(go.Histogram(x=values, nbinsx=60, marker_color=figures.BASE_COLOR))
+    dist.update_xaxes(title_text=f"{names[0]} value (mean {values.mean():.3f}, max {values.max():.3f})")
+    dist.update_yaxes(title_text="elements")
+    dist = figures._layout(dist, f"{plot['title']}: distribution of {names[0]} over {first.shape[0]} images", height=340)
+    maps = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.06)
+    for i, name in enumerate(names, start=1):
+        z = np.asarray(arrays[name], dtype=float)[image]
+        maps.add_trace(go.Heatmap(z=z, colorscale="Viridis", showscale=False,
+                                  hovertemplate=name + " row %{y} col %{x}<br>%{z:.4g}<extra></extra>"), row=1, col=i)
+    maps.update_xaxes(title_text="dimension")
+    maps.update_yaxes(title_text="class", row=1, col=1)
+    maps = figures._layout(maps, f"{plot['title']}: image {image}", height=420)
+    return [dist, maps]

@@ -210,6 +210,12 @@ class Method(nn.Module):
             return True
         return self.reads_tower_features_only() and bool(train_cfg.cached_features)
 
+    def inspection_arrays(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Arrays to inspect for some evaluated images (after prepare_eval), e.g. RAda's mask [B, C, D]:
+        stored by the protocols in the run folder (runs.files.INSPECTION) and drawn by plots of kind
+        "arrays" (their `columns` name the arrays). Default: none."""
+        return {}
+
     def eval_class_embeddings(self) -> torch.Tensor | None:
         """Class embeddings [C, D] of the current evaluation classes, if the method has them."""
         return getattr(self, "eval_text", None)

@@ -129,7 +129,9 @@ class RAda(Method):
     Config = RAdaConfig
     version = 1
     frozen_image_tower = True  # reads only the image tower's final features: trained on cached features
-    plots = ({"kind": "scalars", "columns": ["loss_ce", "loss_mask"], "title": "RAda loss terms"},)
+    plots = ({"kind": "scalars", "columns": ["loss_ce", "loss_mask"], "title": "RAda loss terms"},
+             {"kind": "arrays", "columns": ["mask", "rational", "masked"],
+              "title": "Mask M, rational matrix R and M ⊙ R (Figs. 4, 5)"})
     presets = {
         "default": PAPER_EFT,
         "base_to_novel": PAPER_EFT,

@@ -147,6 +147,9 @@ def score(ctx: RunContext, method, ds, domain: str, key: str) -> float:
         ctx.run.save_embeddings(key, image.astype(np.float16), result.labels[: len(image)], np.array(result.classnames),
                                 result.extra.get("class_embeddings"))
     ctx.metrics[f"{key}_skipped_images"] = result.skipped
+    from ._inspection import save_inspection_arrays
+
+    save_inspection_arrays(ctx.run, method, ds, key, ctx.device)
     return result.top1
 
 

@@ -38,6 +38,7 @@ except ImportError:  # pragma: no cover
 
 SPEC, STATUS, HISTORY, METRICS = "spec.json", "status.json", "history.jsonl", "metrics.json"
 PREDICTIONS, EMBEDDINGS, LOG, CHECKPOINTS, LOCK = "predictions.npz", "embeddings.npz", "log.txt", "checkpoints", ".lock"
+INSPECTION = "inspection.npz"  # arrays a method produces for inspection (Method.inspection_arrays)
 OWNER = ".owner"
 STATUS_KEYS = ("status", "progress", "message", "error", "created_at", "updated_at", "started_at", "finished_at",
                "pid", "host")
@@ -164,6 +165,11 @@ def load_embeddings(run_dir: str | os.PathLike, key: str) -> dict:
     """What `RunHandle.save_embeddings` stored for one key ({"image", "labels", "classnames"[, "classes"]});
     an empty dict when nothing was."""
     return _grouped(_read_npz(Path(run_dir) / EMBEDDINGS)).get(str(key), {})
+
+
+def load_inspection(run_dir: str | os.PathLike) -> dict[str, dict]:
+    """{key: {array name: array}} stored by `RunFiles.save_inspection`; empty when nothing was."""
+    return _grouped(_read_npz(Path(run_dir) / INSPECTION))
 
 
 def embedding_keys(run_dir: str | os.PathLike) -> list[str]:
@@ -372,6 +378,15 @@ class RunFiles:
         if classes is not None:
             arrays["classes"] = to_numpy(classes).astype(np.float16)
         self._merge_npz(EMBEDDINGS, key, arrays, compressed=False)
+
+    def save_inspection(self, key: str, arrays: Mapping[str, Any]) -> None:
+        """Arrays a method produced for inspection on some images of split `key` (float16)."""
+        import numpy as np
+
+        if not str(key) or not arrays:
+            raise ValueError("inspection arrays need a non-empty key and at least one array")
+        self._merge_npz(INSPECTION, str(key), {k: to_numpy(v).astype(np.float16) for k, v in arrays.items()},
+                        compressed=True)
 
     # -- log --------------------------------------------------------------------------------------
     def append_log(self, msg: str) -> None:

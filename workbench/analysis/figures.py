@@ -269,6 +269,20 @@ def confusion_heatmap(labels, preds, classnames: Sequence[str] | None = None, *,
     return _layout(fig, title, height=side)
 
 
+def matching_heatmap(scores, labels, classnames: Sequence[str], *, per_class: int = 1,
+                     title: str | None = "Image–text matching") -> go.Figure:
+    """Class × image heatmap of `scores` [n, C] (similarities or logits) for the first `per_class` images
+    of each class, images ordered by class: a good matcher lights up the diagonal (e.g. DAM's Fig. 4)."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+    picked = [i for c in range(len(classnames)) for i in np.flatnonzero(labels == c)[:per_class]]
+    columns = [f"{classnames[labels[i]]} #{k}" for k, i in enumerate(picked)]
+    fig = go.Figure(go.Heatmap(z=scores[picked].T, x=columns, y=[str(c) for c in classnames], colorscale="Viridis",
+                               hovertemplate="image %{x}<br>class %{y}<br>%{z:.3f}<extra></extra>"))
+    fig.update_xaxes(title_text="image (true class)", tickangle=-40, type="category")
+    fig.update_yaxes(title_text="class text", autorange="reversed", type="category")
+    return _layout(fig, title, height=max(360, min(900, 60 + 30 * len(classnames))))
+
+
 # ------------------------------------------------------------------------------------------------
 # ours vs the papers
 # ------------------------------------------------------------------------------------------------

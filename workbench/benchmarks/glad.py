@@ -17,10 +17,7 @@ from __future__ import annotations
 import statistics
 import time
 
-import torch
-
-from . import register_benchmark
-from .dam import PeakMemory, _sync
+from . import register_benchmark  # torch is imported by the functions: `workbench --help` stays light
 
 
 def _task(classes: int):
@@ -30,6 +27,8 @@ def _task(classes: int):
 
 
 def _build(backbone, method: str, classes: int, overrides: dict, seed: int):
+    import torch
+
     from ..methods import build_method
 
     backbone.clear_extensions()
@@ -40,6 +39,9 @@ def _build(backbone, method: str, classes: int, overrides: dict, seed: int):
 def time_steps(backbone, method: str, classes: int, transform: str, batch: int, repeats: int, device: str,
                overrides: dict | None = None, seed: int = 1) -> dict:
     """Median seconds and peak memory of one training step."""
+    import torch
+
+    from .dam import PeakMemory, _sync
     from ..engine.grad_transforms import grad_transform_from
     from ..engine.train import set_training_modes
 
@@ -75,6 +77,8 @@ def time_steps(backbone, method: str, classes: int, transform: str, batch: int, 
 
 def blocked_agreement(backbone, classes: int, batch: int, device: str, chunk: int) -> float:
     """max |logits in blocks of `chunk` − logits in one block| for a GLAD whose AlignNet is not zero."""
+    import torch
+
     model = _build(backbone, "glad", classes, {"class_chunk": chunk}, 1).to(device).eval()
     torch.nn.init.normal_(model.align.out.weight, std=0.1)
     gen = torch.Generator().manual_seed(2)

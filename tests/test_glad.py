@@ -153,3 +153,17 @@ def test_default_presets_follow_the_paper_and_settings_switch_the_transform():
     assert sam.train_config["grad_transform"] == "sam"
     with pytest.raises(Exception, match="align_text must be one of tuned, zero_shot"):
         build_spec("glad", "base_to_novel", "toy_objects", backbone="toy", settings={"method.align_text": "x"})
+
+
+def test_zero_shot_teacher_is_reused_only_for_the_same_batch(backbone):
+    torch.manual_seed(5)
+    glad = build_method("glad", backbone, TASK, preset="toy").eval()
+    x = images(backbone, 2)
+    first = glad.zero_shot_logits(x)
+    assert glad.zero_shot_logits(x) is first  # the transform's second pass feeds the same tensor
+    other = x.clone()
+    other[0] = 0.0
+    fresh = glad.zero_shot_logits(other)
+    assert fresh is not first and not torch.allclose(fresh, first)
+    x.mul_(0.5)  # changed in place: recomputed
+    assert glad.zero_shot_logits(x) is not first

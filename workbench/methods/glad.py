@@ -179,6 +179,7 @@ class GLAD(CLIPLoRA):
         self.align = AlignNet(dim, hidden, config.align_activation).to(backbone.device) if config.alignnet else None
         self.register_buffer("zero_shot_text", zero_shot_text_features(backbone, task.classnames, [config.template]),
                              persistent=False)
+        self._teacher_cache = None
 
     def scores(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """Logits [B, C] of image features against class text features f̄_t (AlignNet applied when on)."""
@@ -197,12 +198,22 @@ class GLAD(CLIPLoRA):
         ce = F.cross_entropy(logits, labels)
         if self.config.kl_weight == 0:
             return ce, torch.zeros((), device=ce.device), logits
-        with torch.no_grad(), self.backbone.extensions_disabled():
-            teacher = clip_logits(self.backbone, self.backbone.encode_image(images), self.zero_shot_text)
+        teacher = self.zero_shot_logits(images)
         t = self.config.kl_temperature
         kl = F.kl_div(F.log_softmax(logits.float() / t, dim=-1), F.log_softmax(teacher.float() / t, dim=-1),
                       reduction="batchmean", log_target=True) * t * t
         return ce, kl, logits
+
+    def zero_shot_logits(self, images):
+        """Frozen CLIP's logits; kept for the same batch tensor, which a gradient transform's second
+        pass at θ + ε feeds again (the frozen teacher does not depend on θ)."""
+        cached = self._teacher_cache  # (the batch itself, held so that its memory is not reused; version; logits)
+        if cached is not None and cached[0] is images and cached[1] == images._version:
+            return cached[2]
+        with torch.no_grad(), self.backbone.extensions_disabled():
+            teacher = clip_logits(self.backbone, self.backbone.encode_image(images), self.zero_shot_text)
+        self._teacher_cache = (images, images._version, teacher)
+        return teacher
 
     def training_loss(self, images, labels):
         ce, kl, logits = self.losses(images, labels)

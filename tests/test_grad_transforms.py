@@ -206,3 +206,27 @@ def test_sam_in_fit_changes_the_update_and_plain_training_records_no_transform_c
     sam = fit(sam_method, color_dataset, TrainConfig(**CFG, grad_transform="sam"), progress=False)
     assert "grad_cos" not in plain.history[0] and "grad_cos" in sam.history[0]
     assert any(not torch.equal(v, sam_method.trainable_state_dict()[k]) for k, v in plain_state.items())
+
+
+def test_gradreg_under_a_grad_scaler_then_clipping_matches_algorithm_1():
+    # fit's order with AMP: scaled backward → transform (unscaled arithmetic) → unscale_ → clip → step
+    x, y, _ = quadratic(SADDLE)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+    opt = torch.optim.SGD([x, y], lr=0.1)
+    at = torch.tensor(SADDLE)
+
+    def backward():
+        theta = torch.cat([x, y])
+        scaler.scale(0.5 * theta @ at @ theta).backward()
+
+    backward()
+    GradTransform("gradreg", rho=1.0, alpha=0.5, delta=1e-8).apply([x, y], backward, scaler.get_scale())
+    scaler.unscale_(opt)
+    want, _, _ = algorithm_1(SADDLE, THETA, rho=1.0, alpha=0.5, delta=1e-8)
+    np.testing.assert_allclose(torch.cat([x.grad, y.grad]).detach().numpy(), want, rtol=1e-10)
+    norm = torch.nn.utils.clip_grad_norm_([x, y], 0.1)
+    assert float(norm) == pytest.approx(np.linalg.norm(want), rel=1e-10)  # clipping sees the transformed gradient
+    scaler.step(opt)
+    scaler.update()
+    np.testing.assert_allclose(torch.cat([x, y]).detach().numpy(), THETA - 0.1 * want * 0.1 / np.linalg.norm(want),
+                               rtol=1e-6)

@@ -264,3 +264,25 @@ def test_config_rejects_bad_values():
         HPTConfig(logits="mean")
     with pytest.raises(ValueError, match="n_descriptions must be at least 1"):
         HPTConfig(n_descriptions=0)
+
+
+# ---- a short toy base-to-novel run ---------------------------------------------------------------
+
+def test_toy_base_to_novel_learns_base_above_zero_shot(toy_backbone, toy_data_root):
+    from workbench.data import base_new_split, load_few_shot
+    from workbench.engine.evaluate import evaluate
+    from workbench.engine.train import TrainConfig, fit
+    from workbench.methods.hpt import HPT
+
+    base, new = base_new_split(load_few_shot("toy_objects", 16, 1))
+    zero = build_method("zeroshot", toy_backbone, ClassTask.from_splits(base))
+    zs_base = evaluate(zero, base, domain="base", progress=False).top1
+    method = build_method("hpt", toy_backbone, ClassTask.from_splits(base), preset="toy")
+    short = {**HPT.presets["toy"].train, "epochs": 1}  # one epoch of the toy schedule keeps the test short
+    history = fit(method, base, TrainConfig.from_dict(short), seed=1, progress=False).history
+    hpt_base = evaluate(method, base, domain="base", progress=False).top1
+    hpt_new = evaluate(method, new, domain="new", progress=False).top1
+    print(f"toy b2n: zero-shot base {zs_base:.1f} | HPT base {hpt_base:.1f} new {hpt_new:.1f}")
+    assert hpt_base > zs_base + 2.0
+    assert any(abs(v) > 0 for k, v in history[-1].items() if k.startswith("relation_e2a."))  # the bias trains
+    assert 0 < hpt_new <= 100

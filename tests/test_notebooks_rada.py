@@ -1,0 +1,88 @@
+"""RAda's notebooks (Tables 2, 3, 4, 7, 10): shipped clean with papermill-readable parameters and their
+tables in the metadata; executed on the toy world with the smallest parameters (slow set), the comparison holding the
+registry's numbers."""
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+pytest.importorskip("papermill")
+
+from workbench.notebooks_cli import find_notebook, notebook_parameters, run_notebook
+from workbench.runs import Registry
+
+NOTEBOOKS = {"rada_table2_base_to_novel": ["Table 2"], "rada_table3_ttt": ["Table 3"],
+             "rada_table4_ablations": ["Table 4"], "rada_table7_loss_form": ["Table 7"],
+             "rada_table10_layers": ["Table 10"]}
+SMALL = {"seeds": [1], "shots": 1, "epochs": 1}
+
+
+def _errors(nb) -> list[str]:
+    return [f"cell {i}: {o.get('ename')}: {o.get('evalue')}" for i, cell in enumerate(nb.cells)
+            if cell.cell_type == "code" for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+
+
+@pytest.fixture(scope="module")
+def backbone(toy_model_dir):
+    return f"local-dir:{toy_model_dir}"
+
+
+def _run(name, tmp_path, backbone, **params):
+    registry = tmp_path / "runs"
+    out = run_notebook(name, {"backbone": backbone, "registry": str(registry), **params}, output_dir=tmp_path / "out")
+    nb = nbformat.read(out, as_version=4)
+    assert not _errors(nb), _errors(nb)
+    results = json.loads((tmp_path / "out" / f"{name}.results.json").read_text())
+    return results, Registry(registry).list()
+
+
+def test_rada_notebooks_ship_clean_with_their_tables_and_readable_parameters():
+    for name, tables in NOTEBOOKS.items():
+        nb = nbformat.read(find_notebook(name), as_version=4)
+        assert nb.metadata["workbench"] == {"paper": "rada", "tables": tables, "figures": []}, name
+        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), name
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1
+        params = notebook_parameters(name)
+        assert {"backbone", "pretrained", "data_root", "datasets", "seeds", "registry", "results_path"} <= set(params)
+        assert len(params) == len(tagged[0].source.strip().splitlines()), name
+
+
+@pytest.mark.slow  # ~50 s on a busy 2-CPU box (kernel start + 2 toy runs)
+def test_layers_notebook_runs_each_layer_count(backbone, tmp_path):
+    results, runs = _run("rada_table10_layers", tmp_path, backbone, datasets=["toy_vocab"], layer_counts=[1, 2],
+                         **SMALL)
+    assert not results["failed"] and len(runs) == 2 and (runs["status"] == "done").all()
+    layers = sorted(json.loads(c)["layers"] if isinstance(c, str) else c["layers"] for c in runs["method_config"])
+    assert layers == [1, 2]
+    hm = {r["variant"]: r["ours"] for r in results["comparison"] if r["metric"] == "hm"}
+    assert set(hm) == {"1 attention layer(s)", "2 attention layer(s)"}
+    for label, value in hm.items():
+        n = int(label[0])
+        row = runs[[(json.loads(c) if isinstance(c, str) else c)["layers"] == n for c in runs["method_config"]]]
+        assert value == pytest.approx(float(row["hm"].iloc[0]))
+
+
+@pytest.mark.slow
+def test_ttt_notebook_scores_zero_shot_tpt_and_rada(backbone, tmp_path):
+    results, runs = _run("rada_table3_ttt", tmp_path, backbone, methods=["zeroshot", "rada"], pretrained_methods=[],
+                         limit=6, seeds=[1])
+    assert not results["failed"] and set(runs["method"]) == {"zeroshot", "rada"}
+    assert all(runs["seconds_per_sample"].notna())
+
+
+@pytest.mark.slow
+def test_base_to_novel_notebook_with_a_composition(backbone, tmp_path):
+    results, runs = _run("rada_table2_base_to_novel", tmp_path, backbone, datasets=["toy_vocab"],
+                         methods=["zeroshot", "rada"], compositions=["clip_adapter"], **SMALL)
+    assert not results["failed"] and len(runs) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,params", [("rada_table4_ablations", {"rows": ["no_reg", "full"]}),
+                                         ("rada_table7_loss_form", {"forms": ["linf", "l2"]})])
+def test_ablation_notebooks_run(backbone, tmp_path, name, params):
+    results, runs = _run(name, tmp_path, backbone, datasets=["toy_vocab"], **params, **SMALL)
+    assert not results["failed"] and len(runs) == 2

@@ -55,7 +55,13 @@ def make_color_dataset(root, per_class: int = 3, size: int = 48, seed: int = 0) 
                 img.paste(COLORS[name], (x, y, x + size // 2, y + size // 2))
                 img.save(path)
                 splits[split].append(Sample(rel, label, name))
-    return DatasetSplits("colors", root, classnames, ["a photo of a {} square.", "a {} thing."], **splits)
+    try:
+        from data_fixtures import write_knowledge_files
+    except ImportError:  # pragma: no cover - imported as tests.conftest
+        from tests.data_fixtures import write_knowledge_files
+    knowledge = write_knowledge_files(root, classnames)  # for methods that read class knowledge (HPT, DAM)
+    return DatasetSplits("colors", root, classnames, ["a photo of a {} square.", "a {} thing."], **splits,
+                         knowledge_files=knowledge)
 
 
 @pytest.fixture

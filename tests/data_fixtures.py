@@ -94,3 +94,18 @@ def make_toy(toy_root: Path, name: str = "toy_objects", split_name: str = "ToyOb
     (dset / f"split_zhou_{split_name}.json").write_text(json.dumps(split))
     (dset / "descriptions.json").write_text(json.dumps({c: [f"a {c} on a plain background."] for c in classes}))
     return dset
+
+
+def write_knowledge_files(folder: Path, classnames, per_class: int = 5) -> dict[str, str]:
+    """Description and structure files (HPT's layout) naming each class and "object", for methods that
+    read class knowledge (HPT, DAM); returns the `knowledge_files` mapping of a ClassTask/DatasetSplits."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    desc = {c: [f"a {c} is an object number {i}." for i in range(per_class)] for c in classnames}
+    struct = {c: [{"Entities": [c, "object"], "Attributes": ["small"],
+                   "Entity-to-Entity Relationships": [{"entity1": c, "relationship": "is an", "entity2": "object"}],
+                   "Entity-to-Attribute Relationships": [{"entity": "object", "relationship": "is", "attribute": "small"}]}
+                  for _ in range(per_class)] for c in classnames}
+    (folder / "descriptions.json").write_text(json.dumps(desc), encoding="utf-8")
+    (folder / "structures.json").write_text(json.dumps(struct), encoding="utf-8")
+    return {"descriptions": str(folder / "descriptions.json"), "structures": str(folder / "structures.json")}

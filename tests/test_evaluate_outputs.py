@@ -7,17 +7,29 @@ import torch
 
 from workbench.methods import ClassTask, build_method, get_method_class, list_methods
 
-TASK = ClassTask("fixture", ("red circle", "blue square", "green star"), ("a photo of a {}.",))
+CLASSES = ("red circle", "blue square", "green star")
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):  # knowledge files for the methods that read them (HPT, DAM)
+    try:
+        from data_fixtures import write_knowledge_files
+    except ImportError:  # pragma: no cover
+        from tests.data_fixtures import write_knowledge_files
+    files = write_knowledge_files(tmp_path_factory.mktemp("knowledge"), CLASSES)
+    return ClassTask("fixture", CLASSES, ("a photo of a {}.",), knowledge_files=files)
+
+
 IMAGE_METHODS = [m for m in list_methods() if get_method_class(m).inputs == "images" and not m.startswith("_")]  # not test doubles
 
 
 @pytest.mark.parametrize("name", IMAGE_METHODS)
 @pytest.mark.parametrize("domain", ["base", "new"])
-def test_eval_outputs_equal_separate_calls(name, domain, tiny_backbone):
+def test_eval_outputs_equal_separate_calls(name, domain, tiny_backbone, task):
     tiny_backbone.clear_extensions()
     torch.manual_seed(1)
     preset = "toy" if "toy" in get_method_class(name).presets else None  # sized for the 4-layer towers
-    method = build_method(name, tiny_backbone, TASK, preset=preset)
+    method = build_method(name, tiny_backbone, task, preset=preset)
     try:
         with torch.no_grad():  # move off the initialization, so adapted embeddings differ from frozen ones
             for p in method.trainable_parameters():
@@ -25,11 +37,11 @@ def test_eval_outputs_equal_separate_calls(name, domain, tiny_backbone):
         method.eval()
         images = torch.randn(4, 3, tiny_backbone.image_size, tiny_backbone.image_size)
         with torch.no_grad():
-            method.prepare_eval(TASK, domain)
+            method.prepare_eval(task, domain)
             logits, embeddings = method.eval_outputs(images)
             assert torch.allclose(logits, method.eval_logits(images), atol=1e-5)
             assert torch.allclose(embeddings, method.eval_embeddings(images), atol=1e-5)
-        assert logits.shape == (4, len(TASK.classnames))
+        assert logits.shape == (4, len(task.classnames))
         assert embeddings.shape[0] == 4
     finally:
         tiny_backbone.clear_extensions()

@@ -66,7 +66,7 @@ def _train(name: str, ds, run=None, **cfg) -> tuple[dict, list]:
     return {k: v.detach().clone() for k, v in method.trainable_state_dict().items()}, res.history
 
 
-def _worker(rank: int, world: int, port: int, ds, out: str, name: str, cfg: dict, runs: str | None):
+def _worker(rank: int, world: int, port: int, ds, out: str, names: list, cfg: dict, runs: str | None):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
@@ -78,9 +78,12 @@ def _worker(rank: int, world: int, port: int, ds, out: str, name: str, cfg: dict
     if runs is not None:
         run = _DiskRun(Path(runs))
         run = run if rank == 0 else FollowerRun(run)
-    state, history = _train(name, ds, run=run, **cfg)
+    results = {}
+    for name in names:
+        state, history = _train(name, ds, run=run, **cfg)
+        results[name] = {"state": state, "history": history}
     if rank == 0:
-        torch.save({"state": state, "history": history}, out)
+        torch.save(results, out)
     torch.distributed.destroy_process_group()
 
 
@@ -109,9 +112,9 @@ class _DiskRun:
         pass
 
 
-def _ddp(tmp_path, ds, name: str, cfg: dict | None = None, runs: Path | None = None) -> dict:
-    out = tmp_path / f"ddp_{name}.pt"
-    mp.spawn(_worker, args=(2, _free_port(), ds, str(out), name, cfg or {},
+def _ddp(tmp_path, ds, names: list, cfg: dict | None = None, runs: Path | None = None) -> dict:
+    out = tmp_path / "ddp.pt"
+    mp.spawn(_worker, args=(2, _free_port(), ds, str(out), names, cfg or {},
                             str(runs) if runs else None), nprocs=2, join=True)
     return torch.load(out, weights_only=False)
 
@@ -127,12 +130,14 @@ def _assert_same(single_state, single_history, ddp):
 
 
 def test_two_gloo_processes_train_the_weights_of_one_process_with_the_same_global_batch(tmp_path):
+    """FT (a per-sample loss: shards weighted) and FLYP (a batch-coupled contrastive loss: features gathered)."""
     ds = make_color_dataset(tmp_path / "colors")
-    single_state, single_history = _train("finetune", ds)
-    ddp = _ddp(tmp_path, ds, "finetune")
-    _assert_same(single_state, single_history, ddp)
-    moved = [k for k, v in single_state.items() if "visual" in k]
-    assert moved  # the image tower is trained, and identically
+    ds.templates = ["a photo of a {} square."]  # one caption template: FLYP draws no random template
+    ddp = _ddp(tmp_path, ds, ["finetune", "flyp"])
+    for name in ("finetune", "flyp"):
+        single_state, single_history = _train(name, ds)
+        _assert_same(single_state, single_history, ddp[name])
+        assert any("visual" in k for k in single_state)  # the image tower is trained, and identically
 
 
 @pytest.mark.slow  # two more 2-process launches
@@ -140,8 +145,8 @@ def test_ddp_resumes_from_rank_zeros_checkpoint_and_only_rank_zero_writes(tmp_pa
     runs = tmp_path / "run"
     cfg = {"schedule": "constant"}  # the same schedule whether 1 or 2 epochs are planned
     ds = make_color_dataset(tmp_path / "colors")
-    _ddp(tmp_path, ds, "finetune", {**cfg, "epochs": 1}, runs)
+    _ddp(tmp_path, ds, ["finetune"], {**cfg, "epochs": 1}, runs)
     assert sorted(p.name for p in runs.glob("writer_*")) == ["writer_0"]
-    resumed = _ddp(tmp_path, ds, "finetune", {**cfg, "epochs": 2}, runs)  # both ranks load epoch 0, train epoch 1
+    resumed = _ddp(tmp_path, ds, ["finetune"], {**cfg, "epochs": 2}, runs)["finetune"]  # both ranks load epoch 0, train epoch 1
     single_state, single_history = _train("finetune", ds, **cfg)
     _assert_same(single_state, single_history, resumed)

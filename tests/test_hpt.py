@@ -286,3 +286,14 @@ def test_toy_base_to_novel_learns_base_above_zero_shot(toy_backbone, toy_data_ro
     assert hpt_base > zs_base + 2.0
     assert any(abs(v) > 0 for k, v in history[-1].items() if k.startswith("relation_e2a."))  # the bias trains
     assert 0 < hpt_new <= 100
+
+
+def test_last_block_relation_scalars_get_no_gradient(tmp_path, tiny):
+    """The structure matrices never touch the end-of-text row or column, and after the last block only the
+    end-of-text token is read: a_L and b_L (released: e2e_scal[-1], e2a_scal[-1]) cannot learn."""
+    method = build_method("hpt", tiny, knowledge_task(tmp_path))
+    _randomize(method)
+    images = torch.randn(3, 3, tiny.image_size, tiny.image_size, generator=torch.Generator().manual_seed(2))
+    method.training_loss(images, torch.tensor([0, 1, 2])).loss.backward()
+    assert method.relation_e2e.grad[-1] == 0 and method.relation_e2a.grad[-1] == 0
+    assert method.relation_e2a.grad[:-1].abs().sum() > 0

@@ -230,3 +230,22 @@ def test_gradreg_under_a_grad_scaler_then_clipping_matches_algorithm_1():
     scaler.update()
     np.testing.assert_allclose(torch.cat([x, y]).detach().numpy(), THETA - 0.1 * want * 0.1 / np.linalg.norm(want),
                                rtol=1e-6)
+
+
+def test_prograd_trains_with_gradreg_through_its_own_backward(backbone, color_dataset):
+    backbone.clear_extensions()
+    torch.manual_seed(2)
+    method = build_method("prograd", backbone, ClassTask.from_splits(color_dataset), overrides={"n_ctx": 4})
+    calls = []
+    original = method.backward
+
+    def counting_backward(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    method.backward = counting_backward
+    cfg = TrainConfig(**{**CFG, "epochs": 1, "optimizer": "sgd", "cached_features": False}, grad_transform="gradreg")
+    history = fit(method, color_dataset, cfg, progress=False).history
+    steps = 2  # 15 images, batch 8
+    assert len(calls) == 2 * steps  # the method's own backward (its projection) at θ and at θ + ε
+    assert 0.0 <= history[0]["grad_conflict"] <= 1.0 and "ce" in history[0]

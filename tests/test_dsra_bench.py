@@ -23,7 +23,7 @@ def test_dsra_bench_reports_every_variant_with_design_counts_and_ratios(capsys):
     assert rows["coop"]["params"] == 16 * text
     assert rows["coop_vpt"]["params"] == 4 * text + 4 * vision * depth
     coupling = text * vision + vision  # one Linear(text -> vision)
-    assert rows["maple"]["params"] - rows["maple_shared"]["params"] == (depth - 1) * coupling
+    assert rows["maple"]["params"] - rows["maple_shared"]["params"] == (depth - 2) * coupling  # layers 1..J-1 tied
     prompts = 4 * text * depth + 4 * vision * depth
     assert rows["dsra"]["params"] == prompts + 2 * (text + vision) * 50 + 2 * layers * 50
     for row in rows.values():

@@ -7,7 +7,9 @@ The variants as built here [decision: the paper gives only their names and count
 - CoOp*: CoOp's text context (4 tokens) plus 4 vision prompts at depth 9 (IVLP with text depth 1):
   29,696 parameters on ViT-B/16, the paper's 0.03M;
 - MaPLe: its base-to-novel preset (2 tokens, depth 9, one Linear per layer);
-- MaPLe*: the same with every layer's coupling tied to the first one's (one shared Linear);
+- MaPLe*: the same with the couplings of layers 1..J-1 tied to one Linear (layer 0 keeps its own, as the
+  released MaPLe initialises them: one Linear for the embedding stage, copies of one for the deeper
+  layers): 797,184 parameters on ViT-B/16, the paper's 0.80M (tying all J would give 403,200);
 - DsRA: its base-to-novel preset (PromptSRC's prompts + adapters at both sites).
 Throughput is `eval_logits` on random images after `prepare_eval` (class features precomputed, as at test
 time), warm-up batches excluded; random-init weights (speed does not depend on them).
@@ -43,7 +45,7 @@ def build_variant(name: str, backbone, task):
         method = build_method("maple", backbone, task, preset="base_to_novel", overrides={"depth": depth})
         if name == "maple_shared":
             couplings = method.vision_prompts.couplings
-            method.vision_prompts.couplings = nn.ModuleList([couplings[0]] * len(couplings))
+            method.vision_prompts.couplings = nn.ModuleList([couplings[0]] + [couplings[1]] * (len(couplings) - 1))
         return method
     if name == "dsra":
         return build_method("dsra", backbone, task, preset="base_to_novel",

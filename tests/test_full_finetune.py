@@ -152,3 +152,19 @@ def test_full_finetune_protocol_trains_in_stages_and_scores_source_and_shifted_t
     assert [(r["stage"], r["epoch"]) for r in run.history().to_dict("records")] == [("head", 0), ("all", 1)]
     with pytest.raises(Exception, match="exactly|at least|source"):
         build_spec("lp_ft", "full_finetune", ["toy_objects"], shots=1, backbone="wb-tiny-vit")
+
+
+def test_flyp_caption_templates_come_from_its_own_checkpointed_generator(backbone):
+    task = ClassTask("x", ("cat", "dog"), ("a {}.", "the {}.", "one {}."))
+    torch.manual_seed(5)
+    method = build_method("flyp", backbone, task, preset="toy")
+    labels = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    first = method.captions(labels)
+    saved = method.trainable_state_dict()["state_caption_rng"]
+    rng_before = torch.get_rng_state()
+    second = method.captions(labels)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the augmentations' global RNG is not touched
+    method.load_trainable_state_dict({"state_caption_rng": saved})
+    assert torch.equal(method.captions(labels), second)  # resumed: the same draws
+    allowed = {tuple(method.class_tokens[y, k].tolist()) for y in (0, 1) for k in range(3)}
+    assert {tuple(row.tolist()) for row in torch.cat([first, second])} <= allowed

@@ -15,12 +15,13 @@ Facts from the released code (locuslab/FLYP) [code]:
   model.parameters());
 - datacreation_scripts/imagenet_csv_creator.py writes one (caption, image) row per image and template, and
   training draws shuffled rows, so a step sees random (image, template) pairs.
-Choices [decision]: each image's caption template is drawn uniformly at random (the run's seeded RNG) at every
-step, which is the same distribution as those rows; the per-iteration cosine without the 500-step linear
+Choices [decision]: each image's caption template is drawn uniformly at random (a generator seeded by the run's
+seed, checkpointed) at every step, which is the same distribution as those rows; the per-iteration cosine without the 500-step linear
 warm-up (not in the engine); zero-shot evaluation with the dataset's templates ensembled over the fine-tuned
 text tower. `train_logit_scale=False` keeps the scale fixed.
 Under torchrun the features of every rank are gathered (with gradients) so the loss is the global batch's,
-as with DataParallel in the released code.
+as with DataParallel in the released code; each rank draws the templates of its own shard, so with several
+templates the captions (not the loss) differ from a one-process run (identical with one template: tested).
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ class FLYP(Method):
                                "warmup_epochs": 0, "schedule": "cosine", "schedule_unit": "iter"},
                           "locuslab/FLYP README ImageNet command: AdamW lr 1e-5, wd 0.1, batch 512, 10 epochs "
                           "(its 500-step linear warm-up left out)"),
-        "toy": Preset({}, {"optimizer": "adamw", "lr": 3e-5, "weight_decay": 0.1, "batch_size": 64, "epochs": 3,
+        "toy": Preset({}, {"optimizer": "adamw", "lr": 1e-5, "weight_decay": 0.1, "batch_size": 64, "epochs": 3,
                            "warmup_epochs": 0, "schedule": "cosine", "crop_scale": TOY_CROP_SCALE},
                       "embedded toy world, CPU budget"),
     }
@@ -75,6 +76,9 @@ class FLYP(Method):
         self.register_buffer("class_tokens", torch.stack([
             backbone.tokenize([class_prompt(t, c) for t in self.templates]) for c in task.classnames]),
             persistent=False)  # [C, K, L]
+        # the caption-template draws have their own generator (seeded by the run's seed, checkpointed: exact
+        # resume) so that they never shift the global RNG the data augmentations draw from
+        self.register_buffer("state_caption_rng", torch.Generator().manual_seed(torch.initial_seed()).get_state())
 
     def stage_parameters(self, key: str) -> list[nn.Parameter]:
         if key != "all":
@@ -86,9 +90,14 @@ class FLYP(Method):
         return [("all", train_cfg)]
 
     def captions(self, labels: torch.Tensor) -> torch.Tensor:
-        """One tokenized caption per label, its template drawn uniformly (seeded global RNG)."""
+        """One tokenized caption per label, its template drawn uniformly (the method's own generator)."""
         k = self.class_tokens.shape[1]
-        choice = torch.randint(k, (labels.shape[0],)) if k > 1 else torch.zeros(labels.shape[0], dtype=torch.long)
+        if k == 1:
+            return self.class_tokens[labels, 0]
+        generator = torch.Generator()
+        generator.set_state(self.state_caption_rng.cpu())
+        choice = torch.randint(k, (labels.shape[0],), generator=generator)
+        self.state_caption_rng.copy_(generator.get_state())
         return self.class_tokens[labels, choice.to(labels.device)]
 
     def training_loss(self, inputs, labels):

@@ -62,3 +62,16 @@ def test_run_detail_renders_the_coefficient_grid_at_the_chosen_epoch(monkeypatch
     from test_app import arr
 
     np.testing.assert_array_equal(arr(grid["data"][0]["z"]), [[0, 1, 2], [1, 2, 3]])
+
+
+def test_plain_kgcoop_run_shows_no_coefficient_grid(monkeypatch, tmp_path):
+    reg = Registry(tmp_path / "runs")
+    run = fake_run(reg, 1, "done", method="kgcoop", metrics={"hm": 72.0})
+    for epoch in range(2):
+        run.log_epoch(epoch, {"loss": 1.0 - 0.1 * epoch})
+    at = app(monkeypatch, reg.root)
+    at.query_params["run"] = run.short_hash
+    at.run()
+    at.switch_page("views/run_detail.py").run()
+    no_exceptions(at)
+    assert not [s for s in at.select_slider if str(s.key).startswith("d_grid_epoch")]

@@ -166,7 +166,8 @@ def curves_view() -> None:
             arrays_view(declared, i)
             continue
         epoch = None
-        if declared["kind"] == "grid" and history["epoch"].nunique() > 1:  # a grid shows one epoch: pick it
+        if (declared["kind"] == "grid" and history["epoch"].nunique() > 1  # a grid shows one epoch: pick it
+                and inspect.matching(list(history.columns), declared["columns"])):
             epochs = sorted(int(e) for e in history["epoch"].unique())
             epoch = st.select_slider(f"Epoch of “{declared['title']}”", options=epochs,
                                      value=declared.get("epoch", epochs[-1]), key=f"d_grid_epoch_{i}")

@@ -77,6 +77,14 @@ class DualSharedSwitch:
         self.check_dual_shared()
 
 
+# what a method with the adapters attached records (learned_scalars), for the app's run detail; methods that
+# take the switch declare these (a declaration whose columns a run lacks draws nothing)
+DUAL_SHARED_PLOTS = (
+    {"kind": "grid", "columns": ["R.*"], "title": "coefficients r^i (layer × d_r)"},
+    {"kind": "scalars", "columns": ["R_norm.*"], "title": "‖r^i‖ per layer over epochs"},
+)
+
+
 def dual_shared_parameter_count(text_width: int, vision_width: int, layers: int, rank: int = 50,
                                 sites: int = 2, coefficients: str = "shared",
                                 site_coefficients: str = "independent") -> int:

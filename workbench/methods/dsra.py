@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ._dual_shared import DualSharedSwitch, dual_shared_parameter_count
+from ._dual_shared import DUAL_SHARED_PLOTS, DualSharedSwitch, dual_shared_parameter_count
 from .base import Preset, register_method
 from .coop import TOY_TRAIN
 from .promptsrc import PromptSRC, PromptSRCConfig
@@ -63,10 +63,7 @@ class DsRA(PromptSRC):
     Config = DsRAConfig
     version = 1
     default_preset = "base_to_novel"
-    plots = (
-        {"kind": "grid", "columns": ["R.*"], "title": "coefficients r^i (layer × d_r) at the chosen epoch"},
-        {"kind": "scalars", "columns": ["R_norm.*"], "title": "‖r^i‖ per layer over epochs"},
-    )
+    plots = DUAL_SHARED_PLOTS
     presets = {
         "base_to_novel": Preset({}, {**PAPER_SGD, "epochs": 20},
                                 "paper: SGD 2.7e-3, batch 4, d_r 50; PromptSRC's vit_b16_c2_ep20_batch4_4+4ctx.yaml "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ._dual_shared import DualSharedSwitch
+from ._dual_shared import DUAL_SHARED_PLOTS, DualSharedSwitch
 from .base import LossOutput, Preset, register_method
 from .coop import TOY_CACHED_VIEWS, TOY_TRAIN, CoOp, dassl_sgd
 from .common import clip_logits, method_templates, zero_shot_text_features
@@ -35,6 +35,7 @@ class KgCoOp(CoOp):
     paper_names = ("KgCoOp",)
     Config = KgCoOpConfig
     version = 2  # underscores read as spaces; KgCoOp's own templates (DTD)
+    plots = DUAL_SHARED_PLOTS  # drawn only for runs with the DsRA plug-in (method.dual_shared)
     default_preset = "base_to_novel"
     presets = {
         "base_to_novel": Preset({}, dassl_sgd(100, batch_size=128),

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.gradients import loss_gradients, project_conflicting_all, write_gradients
-from ._dual_shared import DualSharedSwitch
+from ._dual_shared import DUAL_SHARED_PLOTS, DualSharedSwitch
 from .base import LossOutput, Method, Preset, register_method
 from .common import TextContext, clip_logits, method_templates, zero_shot_text_features
 from .coop import TOY_CACHED_VIEWS, TOY_TRAIN, CoOp, dassl_sgd
@@ -72,6 +72,7 @@ class ProGrad(CoOp):
     paper_names = ("ProGrad",)
     Config = ProGradConfig
     version = 2  # underscores read as spaces; ProGrad's own templates and context init; released presets
+    plots = DUAL_SHARED_PLOTS  # drawn only for runs with the DsRA plug-in (method.dual_shared)
     default_preset = "few_shot"
     presets = {
         "few_shot": Preset({}, dassl_sgd(200), "8/16 shots (README, rn50.yaml): 16 tokens ending in ProGrad's "

@@ -36,3 +36,31 @@ def test_coop_tpt_trains_like_coop():
     coop, coop_tpt = get_method_class("coop"), get_method_class("coop_tpt")
     assert coop_tpt.trainable and issubclass(coop_tpt, coop)
     assert coop_tpt.presets["default"] == coop.presets["cross_dataset"]  # CoOp's ImageNet 4-token context
+
+
+def _one_image(backbone, seed=0):
+    size = backbone.image_size
+    return torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_cocoop_and_maple_tpt_predict_like_their_method_before_tuning_and_tune_their_prompts(tiny_backbone):
+    for name in ("cocoop_tpt", "maple_tpt"):
+        tiny_backbone.clear_extensions()
+        torch.manual_seed(0)
+        method = build_method(name, tiny_backbone, TASK, preset="toy").eval()
+        method.prepare_eval(TASK, "base")
+        x = _one_image(tiny_backbone)
+        inputs = method.image_tower_features(x) if method.evaluates_on_cached_features() else x
+        with torch.no_grad():
+            torch.testing.assert_close(method.test_time_logits(inputs), method.eval_logits(inputs), atol=1e-5, rtol=1e-5)
+        params = method.test_time_parameters()
+        assert params and len({id(p) for p in params}) == len(params)
+        before = [p.detach().clone() for p in params]
+        views = torch.cat([inputs, inputs.flip(-1) if inputs.dim() == 4 else inputs * 1.1])
+        for p in params:
+            p.requires_grad_(True)
+        cfg = TestTimeConfig(views=2, steps=1, lr=0.05, selection=1.0, precision="fp32")
+        adapt_one(method, views, views[:1], torch.optim.AdamW(params, lr=0.05), cfg, method.test_time_loss,
+                  torch.device("cpu"))
+        assert any(not torch.equal(b, p.detach()) for b, p in zip(before, params)), name
+    tiny_backbone.clear_extensions()

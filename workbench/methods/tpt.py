@@ -2,11 +2,18 @@
 "a photo of a", is tuned on each test sample's views by the entropy of their averaged prediction
 (engine.test_time: 64 views, the 10% most confident, reset per sample), then the sample is predicted.
 
-    TPT       = CoOp context from the words, never trained: `tpt`
-    CoOp+TPT  = CoOp trained on the source few-shot split, then tuned the same way: `coop_tpt`
+    TPT         = CoOp context from the words, never trained: `tpt`
+    CoOp+TPT    = CoOp trained on the source few-shot split, then tuned the same way: `coop_tpt`
+    CoCoOp+TPT  = CoCoOp trained, then its context tuned with the meta-net shift of the original view: `cocoop_tpt`
+    MaPLe+TPT   = MaPLe trained, then its (coupled) prompts tuned; the 64 views go through both prompted
+                  towers in one batch at every step: `maple_tpt`
 
-Both compose CoOp (methods.coop) with `PromptTestTime`, which gives CoOp's context to the test-time
-hooks of `methods.base.Method`; the class prompts are re-encoded with gradients at every step.
+Each composes the trained method's class with test-time hooks of `methods.base.Method` (no copies); the
+class prompts are re-encoded with gradients at every step.
+
+For CoCoOp, TPT's release tunes the generated context ctx + π(f) of the test image, the same for all views
+(tpt_classification.py, `args.cocoop`); here the shift π(f_0) of the original view is held fixed and the shared
+context tuned, which moves the same sum (AdamW's weight decay then acts on ctx alone).
 
 Facts from TPT's release (azshue/TPT, tpt_classification.py, clip/custom_clip.py) [code]: the prompt is
 "a photo of a" (4 context tokens, --ctx_init a_photo_of_a), shared by the classes, class token at the
@@ -15,9 +22,13 @@ lr 0.0008 for every method (the test_time protocol's settings); TPT's own defaul
 """
 from __future__ import annotations
 
+import torch
+
 from .base import Preset, register_method
+from .cocoop import CoCoOp
 from .common import clip_logits
 from .coop import CoOp, IMAGENET_WORDS, TOY_CACHED_VIEWS, TOY_TRAIN, WORDS
+from .maple import MaPLe
 
 
 class PromptTestTime:
@@ -57,4 +68,46 @@ class CoOpTPT(PromptTestTime, CoOp):
     }
 
 
-__all__ = ["PromptTestTime", "TPT", "CoOpTPT"]
+@register_method
+class CoCoOpTPT(CoCoOp):
+    name = "cocoop_tpt"
+    paper_names = ("CoCoOp+TPT",)
+    version = 1
+    default_preset = "cross_dataset"
+    presets = {k: v for k, v in CoCoOp.presets.items() if k in ("cross_dataset", "toy")}
+
+    def test_time_parameters(self):
+        return [self.context.ctx]
+
+    def test_time_logits(self, inputs):
+        """Every view scored with class prompts from ctx + π(f_0), f_0 the first (original) view's feature."""
+        feats = self.image_tower_features(inputs)
+        with torch.no_grad():
+            shift = self.meta_net(torch.nn.functional.normalize(feats[:1], dim=-1).to(self.context.ctx.dtype))
+        ctx = (self.context.ctx + shift).unsqueeze(0)  # [1, K, width]
+        classes = self.eval_tokens.shape[0]
+        text = self.context.encode(self.eval_tokens, per_prompt_ctx=ctx.expand(classes, -1, -1))
+        return clip_logits(self.backbone, feats, text)
+
+
+@register_method
+class MaPLeTPT(MaPLe):
+    name = "maple_tpt"
+    paper_names = ("MaPLe+TPT",)
+    version = 1
+    default_preset = "cross_dataset"
+    presets = {k: v for k, v in MaPLe.presets.items() if k in ("cross_dataset", "toy")}
+
+    def test_time_parameters(self):
+        params = {id(p): p for p in self.trainable_parameters()}  # text prompts and the coupling, once each
+        return list(params.values())
+
+    def prepare_eval(self, task, domain):
+        super().prepare_eval(task, domain)
+        self.eval_tokens = self.text_prompts.tokenized(task.classnames)
+
+    def test_time_logits(self, inputs):
+        return self.prompted_logits(inputs, self.eval_tokens)[2]
+
+
+__all__ = ["PromptTestTime", "TPT", "CoOpTPT", "CoCoOpTPT", "MaPLeTPT"]

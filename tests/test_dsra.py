@@ -49,13 +49,12 @@ def test_composed_adapter_is_eq13_written_out(clean):
     adapter = ComposedAdapter(adapters, "text", "pre_mlp", layer=2)
     m = adapters.matrix("text", "pre_mlp").detach()
     r = adapters.coefficients("text", "pre_mlp")[2].detach()
-    h = torch.randn(2, 5, clean.text.width, generator=torch.Generator().manual_seed(3))
+    h = torch.randn(2, 3, clean.text.width, generator=torch.Generator().manual_seed(3))
     expected = torch.empty_like(h)
-    for b in range(2):  # t_out = t_in + t_in · M · diag(r) · Mᵀ, entry by entry
-        for t in range(5):
+    for b in range(2):  # t_out[o] = t_in[o] + Σ_j Σ_k t_in[j] · M[j, k] · r[k] · M[o, k], entry by entry
+        for t in range(3):
             for out in range(h.shape[-1]):
-                expected[b, t, out] = h[b, t, out] + sum(
-                    h[b, t, j] * m[j, k] * r[k] * m[out, k] for j in range(h.shape[-1]) for k in range(3))
+                expected[b, t, out] = h[b, t, out] + (h[b, t, :, None] * m * r * m[out]).sum()
     torch.testing.assert_close(adapter(h), expected, rtol=1e-5, atol=1e-5)
 
 

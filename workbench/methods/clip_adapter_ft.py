@@ -15,7 +15,7 @@ paper's learning-rate search.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -26,8 +26,8 @@ from .finetune import FinetuneConfig, FullFinetuneMethod, _presets
 
 @dataclass
 class CLIPAdapterFTConfig(FinetuneConfig):
-    reduction: int = 4  # bottleneck width D / reduction (CLIP-Adapter's released 4)
-    ratio: float = 0.2  # α of the residual blend (released 0.2)
+    reduction: int = field(default=4, metadata={"help": "bottleneck width D / reduction (released 4)"})
+    ratio: float = field(default=0.2, metadata={"help": "α of the residual blend (released 0.2)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -23,7 +23,7 @@ the penalty also covers the head (`l2sp_head`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import torch
@@ -50,12 +50,13 @@ class TextInitializedHead(nn.Module):
 
 @dataclass
 class FinetuneConfig:
-    templates: tuple[str, ...] | None = None  # None: the dataset's templates (ensembled), for the head's init
+    templates: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "templates of the head's text-feature init (ensembled); None: the dataset's own"})
     # LP-FT-style methods: stage 1 (head / adapter / mask) settings; stage 2 uses the train.* settings
-    lp_epochs: int = 5
-    lp_lr: float = 0.004
-    lp_weight_decay: float = 0.1
-    lp_warmup_epochs: int = 0
+    lp_epochs: int = field(default=5, metadata={"help": "two-stage methods: epochs of stage 1 (RAda: 5)"})
+    lp_lr: float = field(default=0.004, metadata={"help": "two-stage methods: stage-1 learning rate (RAda: 0.004)"})
+    lp_weight_decay: float = field(default=0.1, metadata={"help": "stage-1 weight decay (WiSE-FT's 0.1)"})
+    lp_warmup_epochs: int = field(default=0, metadata={"help": "stage-1 constant warm-up epochs"})
 
     def __post_init__(self) -> None:
         if self.lp_epochs < 1:
@@ -184,8 +185,10 @@ class LinearProbeFinetune(FullFinetuneMethod):
 
 @dataclass
 class L2SPConfig(FinetuneConfig):
-    l2sp_alpha: float = 0.1  # α in (α/2)·Σ‖θ − θ₀‖² [decision: the RAda paper gives no value]
-    l2sp_head: bool = True  # the penalty also pulls the head toward its text-feature init
+    l2sp_alpha: float = field(default=0.1, metadata={
+        "help": "α in (α/2)·Σ‖θ − θ₀‖² (the RAda paper gives no value: chosen)"})
+    l2sp_head: bool = field(default=True, metadata={
+        "help": "the penalty also pulls the head toward its text-feature init (chosen)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -86,3 +86,25 @@ def test_base_to_novel_notebook_with_a_composition(backbone, tmp_path):
 def test_ablation_notebooks_run(backbone, tmp_path, name, params):
     results, runs = _run(name, tmp_path, backbone, datasets=["toy_vocab"], **params, **SMALL)
     assert not results["failed"] and len(runs) == 2
+
+
+def test_efficiency_notebook_ships_clean_with_its_table():
+    nb = nbformat.read(find_notebook("rada_table5_efficiency"), as_version=4)
+    assert nb.metadata["workbench"] == {"paper": "rada", "tables": ["Table 5"], "figures": []}
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    params = notebook_parameters("rada_table5_efficiency")
+    assert {"backbone", "methods", "classes", "views", "steps", "device", "results_path"} <= set(params)
+
+
+@pytest.mark.slow
+def test_efficiency_notebook_measures_both_methods_in_both_settings(tmp_path):
+    out = run_notebook("rada_table5_efficiency", {"classes": 5, "batch": 2, "views": 4, "steps": 1, "repeats": 1},
+                       output_dir=tmp_path / "out")
+    nb = nbformat.read(out, as_version=4)
+    assert not _errors(nb), _errors(nb)
+    results = json.loads((tmp_path / "out" / "rada_table5_efficiency.results.json").read_text())
+    measured = {(r["method"], r["setting"]) for r in results["measured"]}
+    assert measured == {("maple", "EFT"), ("maple", "TTT"), ("rada", "EFT"), ("rada", "TTT")}
+    assert all(r["gflops"] > 0 and r["gmacs"] == pytest.approx(r["gflops"] / 2) for r in results["measured"])
+    assert {r["paper"] for r in results["comparison"] if r["method"] == "RAda" and r["setting"] == "EFT"
+            and r["metric"] == "gflops"} == {17.67}

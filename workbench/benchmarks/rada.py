@@ -62,7 +62,10 @@ def eft_step(classes: int, batch: int, dim: int, chunk: int | None, repeats: int
 
 def ttt_per_sample(backbone, classes: int, views: int, steps: int, repeats: int, device: str) -> dict:
     from ..engine.test_time import TestTimeConfig, _optimizer, adapt_one, average_entropy
-    from ..methods import ClassTask, build_method
+    from ..methods import ClassTask, build_method, get_method_class
+
+    def build(key):
+        return build_method(key, backbone, task, preset=preset if preset in get_method_class(key).presets else None)
 
     task = ClassTask(f"bench_{classes}", tuple(f"class {i}" for i in range(classes)), ("a photo of a {}.",))
     cfg = TestTimeConfig(views=views, steps=steps, lr=8e-4, precision="fp32")
@@ -99,6 +102,81 @@ def ttt_per_sample(backbone, classes: int, views: int, steps: int, repeats: int,
     backbone.clear_extensions()
     out["rada"]["ratio"] = out["rada"]["seconds"] / out["tpt"]["seconds"]
     return out
+
+
+def efficiency(backbone, methods=("maple", "rada"), classes: int = 100, batch: int = 4, views: int = 64,
+               steps: int = 3, repeats: int = 2, device: str = "cpu", preset: str | None = None) -> list[dict]:
+    """Table 5's columns, measured: per method and setting, images (EFT: a training step on `batch` images,
+    towers included) or test samples (TTT: `views` views, `steps` steps) per second, peak memory, and the
+    FLOPs of one image / sample by torch.utils.flop_counter (`gflops`; `gmacs` = gflops / 2, the unit of
+    fvcore's FlopCountAnalysis, which khufia/RAda imports). TTT uses each method's test-time variant
+    (rada, maple_tpt). `preset`: the methods' preset of that name where they have one (e.g. "toy" for
+    the 4-layer toy towers)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ..engine.test_time import TestTimeConfig, _optimizer, adapt_one, average_entropy
+    from ..engine.train import set_training_modes
+    from ..methods import ClassTask, build_method, get_method_class
+
+    def build(key):
+        return build_method(key, backbone, task, preset=preset if preset in get_method_class(key).presets else None)
+
+    task = ClassTask(f"bench_{classes}", tuple(f"class {i}" for i in range(classes)), ("a photo of a {}.",))
+    gen = torch.Generator().manual_seed(0)
+    size = backbone.image_size
+    images = torch.randn(max(batch, views), 3, size, size, generator=gen).to(device)
+    labels = torch.randint(0, classes, (batch,), generator=gen).to(device)
+    ttt_name = {"maple": "maple_tpt", "coop": "tpt"}
+    rows = []
+
+    def measure(fn, per: int):
+        fn()
+        _sync(device)
+        times = []
+        with PeakMemory(device) as mem:
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn()
+                _sync(device)
+                times.append(time.perf_counter() - start)
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        flops = counter.get_total_flops() / per
+        return {"fps": per / statistics.median(times), "memory_gb": mem.bytes / 2**30, "gflops": flops / 1e9,
+                "gmacs": flops / 2e9}
+
+    for name in methods:
+        backbone.clear_extensions()
+        torch.manual_seed(1)
+        model = build(name).to(device)
+        set_training_modes(model)
+        optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-4)
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            model.training_loss(images[:batch], labels).loss.backward()
+            optimizer.step()
+
+        rows.append({"method": name, "setting": "EFT", **measure(step, batch)})
+        backbone.clear_extensions()
+        torch.manual_seed(1)
+        tuned = build(ttt_name.get(name, name)).to(device).eval()
+        tuned.prepare_eval(task, "base")
+        params = tuned.test_time_parameters()
+        for p in params:
+            p.requires_grad_(True)
+        cfg = TestTimeConfig(views=views, steps=steps, lr=8e-4, precision="fp32")
+        opt = _optimizer(params, cfg)
+
+        def sample():
+            x = images[:views]
+            if tuned.evaluates_on_cached_features():
+                x = tuned.image_tower_features(x)
+            adapt_one(tuned, x, x[:1], opt, cfg, average_entropy, torch.device(device))
+
+        rows.append({"method": name, "setting": "TTT", **measure(sample, 1)})
+    backbone.clear_extensions()
+    return rows
 
 
 def add_arguments(parser) -> None:

@@ -208,3 +208,21 @@ def test_toy_dsra_learns_base_classes(toy_backbone, toy_data_root):
     assert history[-1]["ce"] < history[0]["ce"]
     r_moved = max(abs(v) for k, v in history[-1].items() if k.startswith("R."))
     assert r_moved > 0  # the shared coefficients were trained (they start at 0)
+
+
+def test_checkpoint_state_restores_adapters_and_their_gpa_running_sum(clean):
+    x = images(clean, 2)
+    method = build_method("dsra", clean, TASK, preset="toy", overrides=ONE_TEMPLATE)
+    randomize_coefficients(method.dual_shared)
+    method.on_epoch_end(0, 5)  # GPA's running sum now holds the adapters too
+    state = method.trainable_state_dict()
+    assert {"dual_shared.coeffs.pre_attn", "dual_shared.matrices.text_pre_mlp"} <= set(state)
+    assert any(k.startswith("state_gpa.") and "dual_shared" in k for k in state)
+    with torch.no_grad():
+        expected = method.prompted_logits(x, method.train_tokens)[2]
+    clean.clear_extensions()
+    torch.manual_seed(99)  # another init, overwritten by the checkpoint
+    restored = build_method("dsra", clean, TASK, preset="toy", overrides=ONE_TEMPLATE)
+    restored.load_trainable_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(restored.prompted_logits(x, restored.train_tokens)[2], expected)

@@ -57,6 +57,7 @@ def test_plugin_equals_the_method_at_step_zero_loss_and_context_gradient(build, 
     assert {id(p) for p in plugged.trainable_parameters()} - extra == {id(plugged.context.ctx)}
     assert all(r.grad.abs().sum() > 0 for r in plugged.dual_shared.coeffs.values())  # through both towers
     assert not plugged.reads_tower_features_only()  # adapted image tower: trained on images, not cached features
+    assert {"R.pre_attn.0.0", "R_norm.pre_mlp.3"} <= set(plugged.learned_scalars())  # recorded for the app
 
 
 def test_kgcoop_plugin_loss_is_kgcoops_formula_on_adapted_features(build, tiny_backbone):

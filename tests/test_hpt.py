@@ -297,3 +297,14 @@ def test_last_block_relation_scalars_get_no_gradient(tmp_path, tiny):
     method.training_loss(images, torch.tensor([0, 1, 2])).loss.backward()
     assert method.relation_e2e.grad[-1] == 0 and method.relation_e2a.grad[-1] == 0
     assert method.relation_e2a.grad[:-1].abs().sum() > 0
+
+
+def test_template_fallback_runs_without_files_and_its_frozen_text_is_zero_shot(tiny):
+    task = ClassTask("nofiles", ("dog", "red_car"), ("a photo of a {}.",))
+    with pytest.raises(KnowledgeFileError, match="has no descriptions file"):
+        build_method("hpt", tiny, task)
+    method = build_method("hpt", tiny, task, overrides={"knowledge": "templates"})
+    with torch.no_grad():
+        zero_shot = F.normalize(tiny.clip.encode_text(tiny.tokenize(["a photo of a dog.", "a photo of a red car."])), dim=-1)
+    assert (method.train_bank.frozen_text - zero_shot).abs().max() <= ATOL
+    assert method.train_bank.e2e.sum() == 0 and method.train_bank.e2a.sum() == 0  # no relationships: no bias

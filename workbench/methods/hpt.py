@@ -64,13 +64,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import EMBED, END, CallableBias, CallableTokens, StaticTokens
-from ..data.knowledge import DESCRIPTIONS, STRUCTURES, require_knowledge
+from ..data.knowledge import DESCRIPTIONS, STRUCTURES, Structure, require_knowledge
+from ..engine.features import class_prompt
 from ._hpt_bank import ClassBank
 from .base import LossOutput, Method, Preset, register_method
 from .common import TOY_CROP_SCALE
 
 TEXT_INJECTION, VISION_INJECTION, BIAS = "hpt_text", "hpt_vision", "hpt_relations"
 LOGITS = ("asymmetric", "prompted")
+KNOWLEDGE = ("files", "templates")
 
 
 @dataclass
@@ -86,11 +88,18 @@ class HPTConfig:
     relation_bias: bool = field(default=True, metadata={
         "help": "low-level prompts: the structure attention bias with its 2 scalars per layer (False: ablation)"})
     text_batch_size: int = field(default=256, metadata={"help": "prompts per text-tower call at evaluation"})
+    knowledge: str = field(default="files", metadata={
+        "help": "files: the dataset's description and structure files (required; errors say what to put where); "
+                "templates: a fallback for datasets without them (not HPT): descriptions = the task's templates "
+                "filled with the class name, cycled to n_descriptions; structures = the class name alone, no "
+                "relationships (no low-level bias)"})
 
     def __post_init__(self) -> None:
         for name in ("n_text_prompts", "n_vision_prompts", "n_descriptions", "text_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"method.{name} must be at least 1, got {getattr(self, name)!r}")
+        if self.knowledge not in KNOWLEDGE:
+            raise ValueError(f"method.knowledge must be one of {', '.join(KNOWLEDGE)}, got {self.knowledge!r}")
         if self.logits not in LOGITS:
             raise ValueError(f"method.logits must be one of {', '.join(LOGITS)}, got {self.logits!r}")
         if not self.init_std > 0:
@@ -168,8 +177,14 @@ class HPT(Method):
     # -- class knowledge ------------------------------------------------------------------------
     def read_knowledge(self, task) -> dict:
         """`task`'s descriptions and structures, n_descriptions per class (errors name the file, the class
-        and what to add)."""
-        return require_knowledge(task, self.config.n_descriptions, kinds=(DESCRIPTIONS, STRUCTURES))
+        and what to add); with `knowledge="templates"`, the template fallback instead."""
+        n = self.config.n_descriptions
+        if self.config.knowledge == "templates":
+            templates = list(task.templates) or ["a photo of a {}."]
+            return {DESCRIPTIONS: {c: [class_prompt(templates[i % len(templates)], c) for i in range(n)]
+                                   for c in task.classnames},
+                    STRUCTURES: {c: [Structure((c.replace("_", " "),), (), (), ())] * n for c in task.classnames}}
+        return require_knowledge(task, n, kinds=(DESCRIPTIONS, STRUCTURES))
 
     def build_bank(self, task, knowledge: dict | None = None) -> ClassBank:
         """The prompts, relationship matrices and frozen description features of `task`'s classes."""

@@ -226,3 +226,11 @@ def test_checkpoint_state_restores_adapters_and_their_gpa_running_sum(clean):
     restored.load_trainable_state_dict(state)
     with torch.no_grad():
         torch.testing.assert_close(restored.prompted_logits(x, restored.train_tokens)[2], expected)
+
+
+@pytest.mark.slow
+def test_methods_show_prints_the_vit_b16_count():
+    from workbench.methods.catalog import describe_method
+
+    text = describe_method("dsra", "ViT-B-16-quickgelu", classes=2)
+    assert "trainable parameters on ViT-B-16-quickgelu" in text and ": 175,280 of " in text

@@ -23,3 +23,13 @@ def test_dam_benchmark_reports_both_solvers_and_agrees_numerically():
     assert large["matrix_bytes_all_pairs"] == 2 * 3 * 10 * 16 * 16 * 4
     text = bench.format(result)
     assert "extrapolated" in text and "speed-up" in text
+
+
+def test_dam_benchmark_leaves_autograd_enabled():
+    bench = list_benchmarks()["dam"]
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    bench.run(parser.parse_args(["--batch", "2", "--dim", "4", "--classes", "3", "--max-pairs", "2"]))
+    import torch
+
+    assert torch.is_grad_enabled()

@@ -123,8 +123,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="cpu")
 
 
+@torch.no_grad()
 def run(args) -> dict:
-    torch.set_grad_enabled(False)
     rows = []
     for n in args.classes:
         closed = time_closed_form(args.batch, n, args.dim, args.device)

@@ -108,3 +108,27 @@ def test_efficiency_notebook_measures_both_methods_in_both_settings(tmp_path):
     assert all(r["gflops"] > 0 and r["gmacs"] == pytest.approx(r["gflops"] / 2) for r in results["measured"])
     assert {r["paper"] for r in results["comparison"] if r["method"] == "RAda" and r["setting"] == "EFT"
             and r["metric"] == "gflops"} == {17.67}
+
+
+def test_backbone_and_vlm_notebooks_ship_clean_with_their_tables():
+    for name, table in (("rada_table8_backbones", "Table 8"), ("rada_table9_vlms", "Table 9")):
+        nb = nbformat.read(find_notebook(name), as_version=4)
+        assert nb.metadata["workbench"] == {"paper": "rada", "tables": [table], "figures": []}
+        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+        tagged = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        assert len(notebook_parameters(name)) == len(tagged.source.strip().splitlines())
+
+
+@pytest.mark.slow
+def test_backbones_notebook_runs_each_model(backbone, tmp_path):
+    out = run_notebook("rada_table8_backbones", {"models": [["toy", backbone, None]], "registry": str(tmp_path / "runs"),
+                                                 "datasets": ["toy_vocab"], "methods": ["zeroshot", "rada"], **SMALL},
+                       output_dir=tmp_path / "out")
+    nb = nbformat.read(out, as_version=4)
+    assert not _errors(nb), _errors(nb)
+    results = json.loads((tmp_path / "out" / "rada_table8_backbones.results.json").read_text())
+    runs = Registry(tmp_path / "runs").list()
+    assert not results["failed"] and set(runs["method"]) == {"zeroshot", "rada"}
+    hm = {r["method"]: r["ours"] for r in results["comparison"] if r["metric"] == "hm" and r["dataset"] == "toy_vocab"}
+    for method, value in hm.items():
+        assert value == pytest.approx(float(runs[runs["method"] == method]["hm"].iloc[0]))

@@ -255,3 +255,19 @@ def test_benchmark_reports_both_settings_and_exact_chunking():
     assert row["chunked"]["attention_bytes"] == 8 * 5 * 12 * 4 and row["unchunked"]["attention_bytes"] == 8 * 12 * 12 * 4
     assert set(result["ttt"]) == {"tpt", "rada"} and result["ttt"]["rada"]["ratio"] > 0
     assert "TPT (reference)" in bench.format(result)
+
+
+def test_mlp_mask_function_is_a_per_class_mlp_on_the_scaled_rational_matrix():
+    torch.manual_seed(0)
+    head = RationalMask(8, mask_function="mlp")
+    img, txt, s = torch.randn(2, 8), torch.randn(3, 8), 4.0
+    assert torch.equal(head.mask(img, txt, s), torch.ones(2, 3, 8))  # zero last layer: M = 1
+    randomize(head, std=0.2)
+    rational = F.normalize(img, dim=-1)[:, None] * F.normalize(txt, dim=-1)[None]
+    fc1, fc2 = head.layers[0].fc1, head.layers[0].fc2
+    expected = torch.zeros(2, 3, 8)
+    for b in range(2):
+        for c in range(3):  # each class on its own: no attention across classes
+            hidden = torch.relu(fc1.weight @ (s * rational[b, c]) + fc1.bias)
+            expected[b, c] = torch.relu(1 + fc2.weight @ hidden + fc2.bias)
+    torch.testing.assert_close(head.mask(img, txt, s), expected, atol=1e-5, rtol=1e-5)

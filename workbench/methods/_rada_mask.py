@@ -115,13 +115,36 @@ class MultiQueryAttention(nn.Module):
         return self.out_proj(mixed)
 
 
+class ElementMLP(nn.Module):
+    """Table 4's "MLP for M": out = W2 relu(W1 x + b1) + b2 on every (image, class) row of x = s·R on its
+    own (no interaction between classes); W2, b2 zero, so M = 1 at init. Hidden width D (our choice)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, queries, kv, class_chunk=None):
+        return self.fc2(torch.relu(self.fc1(kv)))
+
+
 class RationalMask(nn.Module):
-    """The rational adapter: mask attention layer(s) + the masked logits (see the module docstring)."""
+    """The rational adapter: mask attention layer(s) + the masked logits (see the module docstring).
+    `mask_function="mlp"` replaces the attention by `ElementMLP` (Table 4's ablation; `layers` must be 1)."""
 
     def __init__(self, dim: int, heads: int = 8, layers: int = 1, queries: Sequence[str] = QUERIES,
                  softmax: str = "rows", temperature: float = 1.0, input_scale: bool = True,
-                 class_chunk: int | None = None):
+                 class_chunk: int | None = None, mask_function: str = "attention"):
         super().__init__()
+        if mask_function not in ("attention", "mlp"):
+            raise ValueError(f"mask_function must be 'attention' or 'mlp', got {mask_function!r}")
+        if mask_function == "mlp":
+            if layers != 1:
+                raise ValueError("mask_function='mlp' has one layer; set layers=1")
+            self.queries, self.input_scale, self.class_chunk = (), input_scale, class_chunk
+            self.layers = nn.ModuleList([ElementMLP(dim)])
+            return
         queries = tuple(queries)
         if not queries or any(q not in QUERIES for q in queries) or len(set(queries)) != len(queries):
             raise ValueError(f"queries must be distinct names from {QUERIES}, got {queries}")
@@ -148,7 +171,7 @@ class RationalMask(nn.Module):
         root = s ** 0.5 if self.input_scale else 1.0
         named = {"image": root * img[:, None, :], "text": root * txt[None, :, :], "rational": s * rational}
         kv = s * rational
-        total = self.layers[0]([named[q] for q in self.queries], kv, self.class_chunk)
+        total = self.layers[0]([named[q] for q in self.queries], kv, self.class_chunk)  # (ElementMLP: kv only)
         mask = torch.relu(1 + total)
         for layer in self.layers[1:]:
             total = total + layer([mask], kv, self.class_chunk)

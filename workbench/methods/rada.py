@@ -58,6 +58,8 @@ class RAdaConfig:
     layers: int = field(default=1, metadata={"help": "attention layers at the end (Table 10: 1 or 2)"})
     queries: tuple[str, ...] = field(default=QUERIES, metadata={
         "help": "queries of the first layer, from image, text, rational (Table 4's query ablation)"})
+    mask_function: str = field(default="attention", metadata={
+        "help": "attention (RAda) | mlp (Table 4's ablation: a per-element MLP on s·R, no class interaction)"})
     softmax: str = field(default="rows", metadata={
         "help": "rows: softmax over keys (paper, standard attention); flat: over the C×C map × C (released)"})
     temperature: float = field(default=1.0, metadata={"help": "softmax temperature (released --temp, default 1)"})
@@ -82,7 +84,8 @@ class RAdaConfig:
         if self.templates is not None:
             self.templates = tuple(self.templates)
         problems = []
-        for name, choices in (("softmax", SOFTMAX), ("reg_loss", REG_LOSSES), ("compose", COMPOSE)):
+        for name, choices in (("softmax", SOFTMAX), ("reg_loss", REG_LOSSES), ("compose", COMPOSE),
+                              ("mask_function", ("attention", "mlp"))):
             if getattr(self, name) not in choices:
                 problems.append(f"method.{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if not self.queries or any(q not in QUERIES for q in self.queries):
@@ -146,7 +149,8 @@ class RAda(Method):
     def __init__(self, backbone, task, config):
         super().__init__(backbone, task, config)
         self.mask_head = RationalMask(backbone.embed_dim, config.heads, config.layers, config.queries,
-                                      config.softmax, config.temperature, config.input_scale, config.class_chunk)
+                                      config.softmax, config.temperature, config.input_scale, config.class_chunk,
+                                      config.mask_function)
         self.context = None
         self.adapter = None
         if config.compose == "coop":

@@ -68,6 +68,8 @@ def test_trainable_count_on_vit_b16_is_the_papers_295960(tmp_path):
     count = sum(p.numel() for p in method.trainable_parameters())
     oracle = 11 * 2 * 512 + 7 * 512 + 262_656 + 11 * 2 * 768 + 2 * 768 + 24  # method-notes, DAM Table X
     assert count == oracle == 295_960
+    # DAM's Table X, "Total": CLIP ViT-B/16 149,620,737 + HPT's 295,960
+    assert sum(p.numel() for p in method.parameters()) == 149_620_737 + 295_960 == 149_916_697
 
 
 # ---- relationship matrices (TopoPromptLearner's rule) -------------------------------------------

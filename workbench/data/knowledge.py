@@ -206,3 +206,14 @@ def check_files(manifest, dataset_dir: Path, classnames: Sequence[str] | None = 
         per = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
         rows.append((kind, "ok", f"{path}: {len(data)} classes, {per} per class"))
     return rows
+
+
+def write_placeholder_files(folder, classnames: Sequence[str], count: int = 16) -> dict[str, str]:
+    """Stand-in knowledge files ("a photo of a {class}." and class-only structures, `count` each) for
+    what needs a built method but no real knowledge, e.g. counting trainable parameters."""
+    folder = Path(folder)
+    desc = {c: [f"a photo of a {c}."] * count for c in classnames}
+    struct = {c: [Structure((c,), (), (), ()).to_json()] * count for c in classnames}
+    (folder / "descriptions.json").write_text(json.dumps(desc), encoding="utf-8")
+    (folder / "structures.json").write_text(json.dumps(struct), encoding="utf-8")
+    return {DESCRIPTIONS: str(folder / "descriptions.json"), STRUCTURES: str(folder / "structures.json")}

@@ -130,13 +130,19 @@ def _parameter_line(cls, backbone: str | None, classes: int) -> str:
     from ..backbone import CLIPBackbone, trainable_parameter_report
     from .base import ClassTask, resolve_config
 
+    import tempfile
+
+    from ..data.knowledge import write_placeholder_files
+
     arch = backbone or "wb-tiny-vit"
     torch.manual_seed(0)
     try:
         bb = CLIPBackbone.from_pretrained(arch)
-        task = ClassTask("count", tuple(f"class {i}" for i in range(classes)))
+        names = tuple(f"class {i}" for i in range(classes))
         preset = cls.default_preset if cls.default_preset in cls.presets else None
-        method = cls(bb, task, resolve_config(cls, preset))
+        with tempfile.TemporaryDirectory() as folder:  # stand-in class knowledge for methods that read it (HPT)
+            task = ClassTask("count", names, knowledge_files=write_placeholder_files(folder, names))
+            method = cls(bb, task, resolve_config(cls, preset))
     except Exception as exc:  # noqa: BLE001 - e.g. a preset that does not fit this architecture
         return f"trainable parameters on {arch}: not counted ({type(exc).__name__}: {exc})"
     report = trainable_parameter_report(method)

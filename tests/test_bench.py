@@ -28,3 +28,24 @@ def test_bench_runs_and_reports_every_ratio(toy_data_root, capsys):
     assert result["cache_speedup"] == result["cache_miss_s"] / result["cache_hit_s"]
     table = format_bench(result)
     assert "re-encode images every epoch" in table and "cache hit" in table
+
+
+def test_named_benchmarks_are_listed_without_importing_them_and_unknown_names_are_refused(capsys):
+    import subprocess
+    import sys
+
+    import pytest
+
+    from workbench.benchmarks import benchmark_modules
+
+    code = ("import sys, argparse\nfrom workbench import bench_cli\np = argparse.ArgumentParser()\n"
+            "bench_cli.add_commands(p.add_subparsers(dest='c'))\n"
+            "print(sorted(m for m in sys.modules if m.startswith('workbench.benchmarks.')), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["[]", "False"]  # building the CLI imports no benchmark module (nor torch)
+    parser = argparse.ArgumentParser()
+    bench_cli.add_commands(parser.add_subparsers(dest="command", required=True))
+    assert "dam" in benchmark_modules()
+    args = parser.parse_args(["bench", "no_such_bench", "--x", "1"])
+    with pytest.raises(SystemExit, match="unknown benchmark 'no_such_bench'; available: .*dam"):
+        args.func(args)

@@ -1,6 +1,7 @@
 """`workbench bench`: speed-up of training on cached features, and feature cache hit vs. miss."""
 from __future__ import annotations
 
+import argparse
 import json
 
 
@@ -23,27 +24,35 @@ def add_commands(subparsers) -> None:
                    help="torch CPU threads (default: torch's); on a busy shared CPU 1 can be far faster")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_bench)
+    from .benchmarks import benchmark_modules
+
+    p.add_argument("benchmark", nargs="?", metavar="NAME",
+                   help=f"a named benchmark ({', '.join(benchmark_modules())}); `workbench bench NAME --help` for its "
+                        "options. Without one: the feature-cache benchmark above")
+    p.add_argument("benchmark_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+
+def _run_named(name: str, argv: list[str]) -> int:
+    """Parse `argv` with the named benchmark's own options (its module is imported only now) and run it."""
     from .benchmarks import list_benchmarks
 
-    named = p.add_subparsers(dest="benchmark", metavar="NAME",
-                             help="a named benchmark (without one: the feature-cache benchmark above)")
-    for bench in list_benchmarks().values():
-        sub = named.add_parser(bench.name, help=bench.help, description=bench.help)
-        bench.add_arguments(sub)
-        sub.add_argument("--json", action="store_true", help="print the result as JSON")
-        sub.set_defaults(func=_named_runner(bench))
-
-
-def _named_runner(bench):
-    def run(args) -> int:
-        result = bench.run(args)
-        print(json.dumps(result) if args.json else bench.format(result))
-        return 0
-
-    return run
+    benchmarks = list_benchmarks()
+    if name not in benchmarks:
+        raise SystemExit(f"unknown benchmark {name!r}; available: {', '.join(benchmarks)} "
+                         "(or none, for the feature-cache benchmark)")
+    bench = benchmarks[name]
+    parser = argparse.ArgumentParser(prog=f"workbench bench {name}", description=bench.help)
+    bench.add_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(argv)
+    result = bench.run(args)
+    print(json.dumps(result) if args.json else bench.format(result))
+    return 0
 
 
 def _cmd_bench(args) -> int:
+    if args.benchmark:
+        return _run_named(args.benchmark, args.benchmark_args)
     from .bench import format_bench, run_bench
     from .models import default_device
 

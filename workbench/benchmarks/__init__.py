@@ -2,7 +2,8 @@
 
 Each module in this package registers one or more benchmarks with `register_benchmark`; the CLI adds a
 sub-command per benchmark. A benchmark is four things: a one-line help, a function adding its options to
-an argparse parser, a function `run(args) -> dict` and a function `format(result) -> str`.
+an argparse parser, a function `run(args) -> dict` and a function `format(result) -> str`. A module is
+named after the benchmark it registers and is imported only when that benchmark runs.
 """
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ def register_benchmark(name: str, *, help: str, add_arguments: Callable, run: Ca
         raise ValueError(f"benchmark {name!r} is registered twice")
     BENCHMARKS[name] = Benchmark(name, help, add_arguments, run, format)
     return BENCHMARKS[name]
+
+
+def benchmark_modules() -> list[str]:
+    """The names of this package's benchmark modules, without importing them (each names its benchmark)."""
+    return sorted(info.name for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_"))
 
 
 def list_benchmarks() -> dict[str, Benchmark]:

@@ -130,11 +130,12 @@ def _assert_same(single_state, single_history, ddp):
 
 
 def test_two_gloo_processes_train_the_weights_of_one_process_with_the_same_global_batch(tmp_path):
-    """FT (a per-sample loss: shards weighted) and FLYP (a batch-coupled contrastive loss: features gathered)."""
+    """FT (a per-sample loss: shards weighted), FLYP (a batch-coupled contrastive loss: features gathered) and
+    RAda-FT (the mask on top of the tower)."""
     ds = make_color_dataset(tmp_path / "colors")
     ds.templates = ["a photo of a {} square."]  # one caption template: FLYP draws no random template
-    ddp = _ddp(tmp_path, ds, ["finetune", "flyp"])
-    for name in ("finetune", "flyp"):
+    ddp = _ddp(tmp_path, ds, ["finetune", "flyp", "rada_fft"])
+    for name in ("finetune", "flyp", "rada_fft"):
         single_state, single_history = _train(name, ds)
         _assert_same(single_state, single_history, ddp[name])
         assert any("visual" in k for k in single_state)  # the image tower is trained, and identically

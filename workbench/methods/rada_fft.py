@@ -71,6 +71,7 @@ class RAdaFFT(FullFinetuneMethod):
     def __init__(self, backbone, task, config):
         super().__init__(backbone, task, config)
         self.stages = ("mask", "all") if config.finetune_all else ("mask",)
+        self.head.bias.requires_grad_(False)  # not part of RAda's logits (DDP refuses parameters without gradients)
         self.mask = RationalMask(backbone.embed_dim, heads=config.heads, layers=config.layers,
                                  queries=config.queries, softmax=config.softmax, input_scale=config.input_scale,
                                  class_chunk=config.class_chunk).to(self.head.weight.device)

@@ -3,7 +3,6 @@ GPUs and hands each task its process count; the local pool gives each worker its
 2-process CPU task records the run a 1-process task records."""
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import sys

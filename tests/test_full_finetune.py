@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from workbench.engine.staged import Stage, fit_staged
 from workbench.engine.train import TrainConfig

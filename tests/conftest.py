@@ -98,3 +98,19 @@ def toy_backbone(toy_model_dir):
     from workbench.backbone import CLIPBackbone
 
     return CLIPBackbone.from_pretrained(f"local-dir:{toy_model_dir}")
+
+
+@pytest.fixture(scope="module")
+def backbone(toy_model_dir):
+    """The briefly pretrained toy CLIP as an open_clip `local-dir:` backbone (the notebook tests')."""
+    return f"local-dir:{toy_model_dir}"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of small-tensor tests (faster on a shared CPU), restored after it;
+    a module asks for it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

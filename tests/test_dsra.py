@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from workbench.backbone import CLIPBackbone, trainable_parameter_report
 from workbench.methods import ClassTask, build_method
@@ -15,12 +14,7 @@ TASK = ClassTask("fixture", ("cat", "dog", "red circle"), ("a photo of a {}.",))
 ONE_TEMPLATE = {"templates": ("a photo of a {}.",), "template_set": ""}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: one thread is faster
 
 
 @pytest.fixture

@@ -13,12 +13,7 @@ TEMPLATES = {"templates": ("a photo of a {}.",), "template_set": ""}
 PLUG = {"dual_shared": True, "dual_shared_rank": 4}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: one thread is faster
 
 
 @pytest.fixture

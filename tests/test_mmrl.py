@@ -14,13 +14,7 @@ TASK = ClassTask("fixture", ("cat", "dog", "golden retriever", "red circle"), ("
 PROMPTS = [f"a photo of a {c}." for c in TASK.classnames]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster on the shared CPU (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: one thread is faster
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ pytest.importorskip("papermill")
 from workbench.notebooks_cli import (find_notebook, launch, list_notebooks, main as notebooks_main,
                                      notebook_parameters, notebook_specs, parse_parameters, run_notebook)
 from workbench.runs import Registry
+from notebook_helpers import cell_errors  # noqa: E402
 
 # toy_vocab: the smallest toy dataset (a third of toy_objects' test images), to keep evaluation short
 DATASET = "toy_vocab"
@@ -25,11 +26,6 @@ B2N = "mmrl_table1_base_to_novel"
 FEW_SHOT = "mmrl_table10_11_few_shot"
 EXPECTED_PARAMETERS = {"backbone", "pretrained", "data_root", "datasets", "methods", "shots", "seeds", "epochs",
                        "device", "registry", "presets", "train_settings", "results_path"}
-
-
-def _errors(nb) -> list[str]:
-    return [f"cell {i}: {o.get('ename')}: {o.get('evalue')}" for i, cell in enumerate(nb.cells)
-            if cell.cell_type == "code" for o in cell.get("outputs", []) if o.get("output_type") == "error"]
 
 
 def _all_output_text(nb) -> str:
@@ -61,18 +57,13 @@ def _check_against_registry(results: dict, registry_root: Path, metrics: list[st
     return rows
 
 
-@pytest.fixture(scope="module")
-def backbone(toy_model_dir):
-    return f"local-dir:{toy_model_dir}"
-
-
 def test_notebooks_are_listed_with_their_parameters():
     names = [p.stem for p in list_notebooks()]
     assert B2N in names and FEW_SHOT in names
     for name in (B2N, FEW_SHOT):
         nb = nbformat.read(find_notebook(name), as_version=4)
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-        assert len(tagged) == 1 and not _errors(nb)
+        assert len(tagged) == 1 and not cell_errors(nb)
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # shipped clean
         params = notebook_parameters(name)
         assert set(params) == EXPECTED_PARAMETERS
@@ -94,7 +85,7 @@ def test_base_to_novel_notebook(backbone, tmp_path, capsys):
                        output_dir=tmp_path / "out")
     assert out == tmp_path / "out" / f"{B2N}.ipynb"
     nb = nbformat.read(out, as_version=4)
-    assert not _errors(nb)
+    assert not cell_errors(nb)
     text = _all_output_text(nb)
     assert "skipped (not registered in this workbench): no_such_method" in text
 
@@ -132,7 +123,7 @@ def test_few_shot_notebook_through_the_command(backbone, tmp_path, capsys):
     printed = capsys.readouterr().out.strip().splitlines()[-1]
     assert Path(printed) == tmp_path / "out" / f"{FEW_SHOT}.ipynb"
     nb = nbformat.read(printed, as_version=4)
-    assert not _errors(nb)
+    assert not cell_errors(nb)
     results = json.loads((tmp_path / "out" / f"{FEW_SHOT}.results.json").read_text())
     assert results["parameters"]["shots"] == [1, 2] and results["tables"] == ["Table 10", "Table 11"]
     # coop once per shot count; zero-shot once (its result depends on neither shots nor seed)

@@ -3,37 +3,19 @@ smallest parameters: no cell fails, and the results hold the registry's numbers.
 training); the others train and are marked slow."""
 from __future__ import annotations
 
-import json
 import math
 
-import nbformat
 import pytest
 
 pytest.importorskip("papermill")
 
-from workbench.notebooks_cli import list_notebooks, notebook_info, run_notebook
-from workbench.runs import Registry
-
-SMALL = {"seeds": [1], "shots": 1, "epochs": 1}
-
-
-def _errors(nb) -> list[str]:
-    return [f"cell {i}: {o.get('ename')}: {o.get('evalue')}" for i, cell in enumerate(nb.cells)
-            if cell.cell_type == "code" for o in cell.get("outputs", []) if o.get("output_type") == "error"]
-
-
-@pytest.fixture(scope="module")
-def backbone(toy_model_dir):
-    return f"local-dir:{toy_model_dir}"
+from workbench.notebooks_cli import list_notebooks, notebook_info
+from notebook_helpers import SMALL, execute_notebook  # noqa: E402
 
 
 def _run(name, tmp_path, backbone, **params):
-    registry = tmp_path / "runs"
-    out = run_notebook(name, {"backbone": backbone, "registry": str(registry), **params}, output_dir=tmp_path / "out")
-    nb = nbformat.read(out, as_version=4)
-    assert not _errors(nb), _errors(nb)
-    results = json.loads((tmp_path / "out" / f"{name}.results.json").read_text())
-    return nb, results, Registry(registry).list()
+    out, nb, results, runs = execute_notebook(name, tmp_path, backbone, **params)
+    return nb, results, runs
 
 
 def test_every_dam_notebook_declares_its_paper_items():

@@ -3,15 +3,14 @@ smallest parameters): no cell fails, the comparison holds the registry's numbers
 where a row has them. The t-SNE figure notebook is the fast one; the others are slow."""
 from __future__ import annotations
 
-import json
 
 import nbformat
 import pytest
 
 pytest.importorskip("papermill")
 
-from workbench.notebooks_cli import find_notebook, notebook_info, notebook_parameters, run_notebook
-from workbench.runs import Registry
+from workbench.notebooks_cli import find_notebook, notebook_info, notebook_parameters
+from notebook_helpers import execute_notebook, plotly_outputs  # noqa: E402
 
 SMALL = {"seeds": [1], "epochs": 1}
 NOTEBOOKS = {"dsra_table1_fig3_few_shot": (["Table 1"], ["Figure 3"]),
@@ -23,27 +22,9 @@ NOTEBOOKS = {"dsra_table1_fig3_few_shot": (["Table 1"], ["Figure 3"]),
              "dsra_fig4c_tsne": ([], ["Figure 4"])}
 
 
-def _errors(nb) -> list[str]:
-    return [f"cell {i}: {o.get('ename')}: {o.get('evalue')}" for i, cell in enumerate(nb.cells)
-            if cell.cell_type == "code" for o in cell.get("outputs", []) if o.get("output_type") == "error"]
-
-
-def _plotly_outputs(nb) -> int:
-    return sum("application/vnd.plotly.v1+json" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
-
-
-@pytest.fixture(scope="module")
-def backbone(toy_model_dir):
-    return f"local-dir:{toy_model_dir}"
-
-
 def _run(name, tmp_path, backbone, **params):
-    registry = tmp_path / "runs"
-    out = run_notebook(name, {"backbone": backbone, "registry": str(registry), **params}, output_dir=tmp_path / "out")
-    nb = nbformat.read(out, as_version=4)
-    assert not _errors(nb), _errors(nb)
-    results = json.loads((tmp_path / "out" / f"{name}.results.json").read_text())
-    return nb, results, Registry(registry).list()
+    out, nb, results, runs = execute_notebook(name, tmp_path, backbone, **params)
+    return nb, results, runs
 
 
 def test_dsra_notebooks_declare_their_items_and_ship_clean():
@@ -62,7 +43,7 @@ def test_fig4c_tsne_notebook_draws_both_methods(backbone, tmp_path):
     for row in results["comparison"]:
         if row["dataset"] == "toy_objects":
             assert row["ours"] == pytest.approx(float(runs[runs["method"] == row["method"]]["top1"].iloc[0]))
-    assert _plotly_outputs(nb) >= 1
+    assert plotly_outputs(nb) >= 1
     tsne = [c for c in nb.cells if "make_subplots" in c.source][0]
     figure = next(o for o in tsne.outputs if "application/vnd.plotly.v1+json" in o.get("data", {}))
     titles = [a["text"] for a in figure["data"]["application/vnd.plotly.v1+json"]["layout"]["annotations"]]

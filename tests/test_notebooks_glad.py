@@ -3,34 +3,18 @@ backbone, a registry in tmp_path) with the smallest parameters: no cell fails, t
 registry's numbers, and Table 1's Gain row is GLAD − CLIP-LoRA of those numbers. Table 1 is the fast one."""
 from __future__ import annotations
 
-import json
 
-import nbformat
 import pytest
 
 pytest.importorskip("papermill")
 
-from workbench.notebooks_cli import notebook_info, run_notebook
-from workbench.runs import Registry
-
-SMALL = {"seeds": [1], "shots": 1, "epochs": 1}
-
-
-@pytest.fixture(scope="module")
-def backbone(toy_model_dir):
-    return f"local-dir:{toy_model_dir}"
+from workbench.notebooks_cli import notebook_info
+from notebook_helpers import SMALL, execute_notebook  # noqa: E402
 
 
 def _run(name, tmp_path, backbone, **params):
-    registry = tmp_path / "runs"
-    out = run_notebook(name, {"backbone": backbone, "registry": str(registry), **SMALL, **params},
-                       output_dir=tmp_path / "out")
-    nb = nbformat.read(out, as_version=4)
-    errors = [f"cell {i}: {o.get('ename')}: {o.get('evalue')}" for i, c in enumerate(nb.cells)
-              if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors, errors
-    results = json.loads((tmp_path / "out" / f"{name}.results.json").read_text())
-    return results, Registry(registry).list()
+    out, nb, results, runs = execute_notebook(name, tmp_path, backbone, **SMALL, **params)
+    return results, runs
 
 
 def _ours(results, method, metric, dataset="toy_objects"):

@@ -12,30 +12,16 @@ pytest.importorskip("papermill")
 
 from workbench.notebooks_cli import find_notebook, notebook_parameters, run_notebook
 from workbench.runs import Registry
+from notebook_helpers import SMALL, execute_notebook, cell_errors  # noqa: E402
 
 NOTEBOOKS = {"rada_table2_base_to_novel": ["Table 2"], "rada_table3_ttt": ["Table 3"],
              "rada_table4_ablations": ["Table 4"], "rada_table7_loss_form": ["Table 7"],
              "rada_table10_layers": ["Table 10"]}
-SMALL = {"seeds": [1], "shots": 1, "epochs": 1}
-
-
-def _errors(nb) -> list[str]:
-    return [f"cell {i}: {o.get('ename')}: {o.get('evalue')}" for i, cell in enumerate(nb.cells)
-            if cell.cell_type == "code" for o in cell.get("outputs", []) if o.get("output_type") == "error"]
-
-
-@pytest.fixture(scope="module")
-def backbone(toy_model_dir):
-    return f"local-dir:{toy_model_dir}"
 
 
 def _run(name, tmp_path, backbone, **params):
-    registry = tmp_path / "runs"
-    out = run_notebook(name, {"backbone": backbone, "registry": str(registry), **params}, output_dir=tmp_path / "out")
-    nb = nbformat.read(out, as_version=4)
-    assert not _errors(nb), _errors(nb)
-    results = json.loads((tmp_path / "out" / f"{name}.results.json").read_text())
-    return results, Registry(registry).list()
+    out, nb, results, runs = execute_notebook(name, tmp_path, backbone, **params)
+    return results, runs
 
 
 def test_rada_notebooks_ship_clean_with_their_tables_and_readable_parameters():
@@ -101,7 +87,7 @@ def test_efficiency_notebook_measures_both_methods_in_both_settings(tmp_path):
     out = run_notebook("rada_table5_efficiency", {"classes": 5, "batch": 2, "views": 4, "steps": 1, "repeats": 1},
                        output_dir=tmp_path / "out")
     nb = nbformat.read(out, as_version=4)
-    assert not _errors(nb), _errors(nb)
+    assert not cell_errors(nb), cell_errors(nb)
     results = json.loads((tmp_path / "out" / "rada_table5_efficiency.results.json").read_text())
     measured = {(r["method"], r["setting"]) for r in results["measured"]}
     assert measured == {("maple", "EFT"), ("maple", "TTT"), ("rada", "EFT"), ("rada", "TTT")}
@@ -125,7 +111,7 @@ def test_backbones_notebook_runs_each_model(backbone, tmp_path):
                                                  "datasets": ["toy_vocab"], "methods": ["zeroshot", "rada"], **SMALL},
                        output_dir=tmp_path / "out")
     nb = nbformat.read(out, as_version=4)
-    assert not _errors(nb), _errors(nb)
+    assert not cell_errors(nb), cell_errors(nb)
     results = json.loads((tmp_path / "out" / "rada_table8_backbones.results.json").read_text())
     runs = Registry(tmp_path / "runs").list()
     assert not results["failed"] and set(runs["method"]) == {"zeroshot", "rada"}

@@ -19,36 +19,16 @@ pytest.importorskip("papermill")
 from workbench.data.paper_results import load_paper_results
 from workbench.notebooks_cli import (find_notebook, list_notebooks, main as notebooks_main, notebook_index,
                                      notebook_info, notebook_parameters, run_notebook)
-from workbench.runs import Registry
-
-SMALL = {"seeds": [1], "shots": 1, "epochs": 1}
+from notebook_helpers import SMALL, execute_notebook, plotly_outputs, cell_errors  # noqa: E402
 
 
-def _errors(nb) -> list[str]:
-    return [f"cell {i}: {o.get('ename')}: {o.get('evalue')}" for i, cell in enumerate(nb.cells)
-            if cell.cell_type == "code" for o in cell.get("outputs", []) if o.get("output_type") == "error"]
-
-
-def _plotly_outputs(nb) -> int:
-    return sum("application/vnd.plotly.v1+json" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+def _run(name, tmp_path, backbone, **params):
+    out, nb, results, runs = execute_notebook(name, tmp_path, backbone, **params)
+    return out, nb, results, runs
 
 
 def _config(value) -> dict:
     return json.loads(value) if isinstance(value, str) else dict(value)
-
-
-@pytest.fixture(scope="module")
-def backbone(toy_model_dir):
-    return f"local-dir:{toy_model_dir}"
-
-
-def _run(name, tmp_path, backbone, **params):
-    registry = tmp_path / "runs"
-    out = run_notebook(name, {"backbone": backbone, "registry": str(registry), **params}, output_dir=tmp_path / "out")
-    nb = nbformat.read(out, as_version=4)
-    assert not _errors(nb), _errors(nb)
-    results = json.loads((tmp_path / "out" / f"{name}.results.json").read_text())
-    return out, nb, results, Registry(registry).list()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -121,7 +101,7 @@ def test_cross_dataset_notebook_and_offline_html(backbone, tmp_path):
         assert len(match) == 1 and r["metric"] == "top1"
         assert r["ours"] == pytest.approx(float(match[r["dataset"]].iloc[0]), abs=1e-9)
         assert r["paper"] is None
-    assert _plotly_outputs(nb) >= 1
+    assert plotly_outputs(nb) >= 1
 
     # the HTML export renders offline: plotly.js inline once, no plotly CDN script
     subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", str(out)], check=True,
@@ -159,7 +139,7 @@ def test_ablation_notebook_runs_each_variant(backbone, tmp_path):
     wo_l = runs[[not c["text_tokens"] for c in configs]]
     hm = next(r for r in rows if r["variant"] == "variant: w/o L" and r["metric"] == "hm")
     assert hm["ours"] == pytest.approx(float(wo_l["hm"].iloc[0]))
-    assert _plotly_outputs(nb) >= 1
+    assert plotly_outputs(nb) >= 1
 
 
 @pytest.mark.slow
@@ -202,14 +182,14 @@ def test_dataset_statistics_notebook(toy_data_root, tmp_path):
     name = "mmrl_table7_datasets"
     out = run_notebook(name, {"datasets": ["eurosat", "imagenet_a", "toy_vocab"]}, output_dir=tmp_path)
     nb = nbformat.read(out, as_version=4)
-    assert not _errors(nb)
+    assert not cell_errors(nb)
     results = json.loads((tmp_path / f"{name}.results.json").read_text())
     rows = {(r["dataset"], r["metric"]): r for r in results["comparison"]}
     assert rows[("eurosat", "classes")]["manifest"] == rows[("eurosat", "classes")]["paper"] == 10
     assert rows[("eurosat", "test")]["diff"] == 0 and rows[("eurosat", "test")]["status"] == "no data root"
     assert rows[("imagenet_a", "test")]["paper"] == 7500
     assert rows[("toy_vocab", "classes")]["found"] == 16 and rows[("toy_vocab", "classes")]["paper"] is None
-    assert _plotly_outputs(nb) == 2
+    assert plotly_outputs(nb) == 2
 
 
 def _chromium() -> str | None:

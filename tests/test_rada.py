@@ -16,12 +16,7 @@ from workbench.methods.rada import mask_regularization
 TASK = ClassTask("fixture", ("cat", "dog", "golden retriever", "red circle", "blue square"), ("a photo of a {}.",))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: one thread is faster
 
 
 def randomize(module: torch.nn.Module, seed: int = 0, std: float = 0.3) -> None:

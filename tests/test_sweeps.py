@@ -19,6 +19,7 @@ import pytest
 from data_fixtures import make_eurosat
 from workbench.protocols import build_specs
 from workbench.runs import Registry
+from workbench.runs.groups import GROUPS_DIR, list_groups
 from workbench.runs.index import DB_NAME
 from workbench.sweeps import (SweepError, load_sweep, merge_index, pending_specs, run_sweep, sweep_results,
                               sweep_status, write_sweep)
@@ -147,8 +148,6 @@ def test_partially_done_sweep_runs_only_the_missing_runs_debug_executor(data_roo
     listed = reg.list()
     assert set(listed["hash"]) == {s.hash for s in sweep.specs} and set(listed["status"]) == {"done"}
     assert run_sweep(sweep, reg.root, executor="debug", folder=tmp_path / "jobs", echo=None)["todo"] == []
-    from workbench.runs.groups import list_groups
-
     [group] = list_groups(reg.root)  # the app's Runs page groups the sweep's runs by this record
     assert group["name"] == "sweep" and group["hashes"] == [s.hash for s in sweep.specs]
     assert group["source"] == str((tmp_path / "sweep.yaml").resolve())
@@ -302,7 +301,10 @@ def test_two_sweeps_on_one_registry_at_once_lose_and_duplicate_nothing(data_root
     reg = Registry(reg_path)
     listed = reg.list()
     assert len(union) == 4 and sorted(listed["hash"]) == sorted(union) and set(listed["status"]) == {"done"}
-    assert sorted(d.name for d in reg_path.iterdir() if d.is_dir()) == sorted(s.short_hash for s in union.values())
+    run_dirs = sorted(d.name for d in reg_path.iterdir() if d.is_dir() and d.name != GROUPS_DIR)
+    assert run_dirs == sorted(s.short_hash for s in union.values())
+    groups = {g["name"]: g["hashes"] for g in list_groups(reg_path)}  # each sweep's own runs, shared ones in both
+    assert groups == {name: [s.hash for s in load_sweep(p).specs] for name, p in (("a", a), ("b", b))}
     for spec in union.values():  # each run executed once, the shared ones included
         assert reg.get(spec).read_log().count("status -> done") == 1
 

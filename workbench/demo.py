@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-DEMO_METHODS = ("zeroshot", "coop", "kgcoop", "clip_lora", "mmrl", "hpt", "dam", "rada", "glad", "dsra")
+DEMO_METHODS = ("zeroshot", "coop", "kgcoop", "clip_lora", "mmrl", "dam", "rada", "glad", "dsra")
 DEMO_SEEDS = (1, 2, 3)
 DEMO_DATASET = "toy_objects"
 

@@ -49,3 +49,18 @@ def test_named_benchmarks_are_listed_without_importing_them_and_unknown_names_ar
     args = parser.parse_args(["bench", "no_such_bench", "--x", "1"])
     with pytest.raises(SystemExit, match="unknown benchmark 'no_such_bench'; available: .*dam"):
         args.func(args)
+
+
+def test_rada_benchmark_runs_at_a_tiny_size_and_its_chunked_logits_agree(capsys):
+    parser = argparse.ArgumentParser()
+    bench_cli.add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", "rada", "--classes", "10", "--batch", "2", "--dim", "32", "--chunk", "4",
+                              "--repeats", "1", "--backbone", "wb-tiny-vit", "--ttt-classes", "5", "--views", "8",
+                              "--steps", "1", "--device", "cpu", "--json"])
+    assert args.func(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    [row] = result["eft"]
+    assert row["classes"] == 10 and row["max_logit_difference"] < 1e-4  # class chunks are exact
+    assert row["time_ratio"] == row["chunked"]["seconds"] / row["unchunked"]["seconds"]
+    assert set(result["ttt"]) == {"tpt", "rada"} and result["ttt"]["rada"]["ratio"] == (
+        result["ttt"]["rada"]["seconds"] / result["ttt"]["tpt"]["seconds"])

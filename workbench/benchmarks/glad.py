@@ -15,7 +15,6 @@ on CPU the process's peak resident set above the start (noisy: read it as an ord
 from __future__ import annotations
 
 import statistics
-import time
 
 from . import register_benchmark  # torch is imported by the functions: `workbench --help` stays light
 
@@ -41,7 +40,7 @@ def time_steps(backbone, method: str, classes: int, transform: str, batch: int, 
     """Median seconds and peak memory of one training step."""
     import torch
 
-    from .dam import PeakMemory, _sync
+    from ._measure import time_repeats
     from ..engine.grad_transforms import grad_transform_from
     from ..engine.train import set_training_modes
 
@@ -61,18 +60,10 @@ def time_steps(backbone, method: str, classes: int, transform: str, batch: int, 
             rule.apply(params, lambda: model.backward(x, y))
         optimizer.step()
 
-    step()  # warm-up (allocations, optimizer state)
-    _sync(device)
-    times = []
-    with PeakMemory(device) as mem:
-        for _ in range(repeats):
-            start = time.perf_counter()
-            step()
-            _sync(device)
-            times.append(time.perf_counter() - start)
+    times, peak = time_repeats(step, repeats, device)
     grad_bytes = sum(p.numel() for p in params) * 4
     backbone.clear_extensions()
-    return {"seconds": statistics.median(times), "peak_bytes": mem.bytes, "gradient_copy_bytes": grad_bytes}
+    return {"seconds": statistics.median(times), "peak_bytes": peak, "gradient_copy_bytes": grad_bytes}
 
 
 def blocked_agreement(backbone, classes: int, batch: int, device: str, chunk: int) -> float:

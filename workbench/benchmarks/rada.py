@@ -15,13 +15,12 @@ process's peak resident set above the start (noisy: an order of magnitude).
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 from . import register_benchmark
-from .dam import PeakMemory, _sync
+from ._measure import time_repeats
 
 
 def eft_step(classes: int, batch: int, dim: int, chunk: int | None, repeats: int, device: str, seed: int = 1) -> dict:
@@ -44,28 +43,17 @@ def eft_step(classes: int, batch: int, dim: int, chunk: int | None, repeats: int
         loss.backward()
         optimizer.step()
 
-    step()
-    _sync(device)
-    times = []
-    with PeakMemory(device) as mem:
-        for _ in range(repeats):
-            start = time.perf_counter()
-            step()
-            _sync(device)
-            times.append(time.perf_counter() - start)
+    times, peak = time_repeats(step, repeats, device)
     with torch.no_grad():
         logits = head(img, txt, 100.0)
     rows = classes if not chunk or chunk >= classes else chunk
-    return {"seconds": statistics.median(times), "peak_bytes": mem.bytes, "logits": logits.cpu(),
+    return {"seconds": statistics.median(times), "peak_bytes": peak, "logits": logits.cpu(),
             "attention_bytes": batch * 8 * rows * classes * 4}
 
 
 def ttt_per_sample(backbone, classes: int, views: int, steps: int, repeats: int, device: str) -> dict:
     from ..engine.test_time import TestTimeConfig, _optimizer, adapt_one, average_entropy
-    from ..methods import ClassTask, build_method, get_method_class
-
-    def build(key):
-        return build_method(key, backbone, task, preset=preset if preset in get_method_class(key).presets else None)
+    from ..methods import ClassTask, build_method
 
     task = ClassTask(f"bench_{classes}", tuple(f"class {i}" for i in range(classes)), ("a photo of a {}.",))
     cfg = TestTimeConfig(views=views, steps=steps, lr=8e-4, precision="fp32")
@@ -90,14 +78,7 @@ def ttt_per_sample(backbone, classes: int, views: int, steps: int, repeats: int,
                 for p, v in zip(params, initial):
                     p.copy_(v)
 
-        sample()
-        _sync(device)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            sample()
-            _sync(device)
-            times.append(time.perf_counter() - start)
+        times, _ = time_repeats(sample, repeats, device)
         out[name] = {"seconds": statistics.median(times), "parameters": sum(p.numel() for p in params)}
     backbone.clear_extensions()
     out["rada"]["ratio"] = out["rada"]["seconds"] / out["tpt"]["seconds"]
@@ -130,19 +111,11 @@ def efficiency(backbone, methods=("maple", "rada"), classes: int = 100, batch: i
     rows = []
 
     def measure(fn, per: int):
-        fn()
-        _sync(device)
-        times = []
-        with PeakMemory(device) as mem:
-            for _ in range(repeats):
-                start = time.perf_counter()
-                fn()
-                _sync(device)
-                times.append(time.perf_counter() - start)
+        times, peak = time_repeats(fn, repeats, device)
         with FlopCounterMode(display=False) as counter:
             fn()
         flops = counter.get_total_flops() / per
-        return {"fps": per / statistics.median(times), "memory_gb": mem.bytes / 2**30, "gflops": flops / 1e9,
+        return {"fps": per / statistics.median(times), "memory_gb": peak / 2**30, "gflops": flops / 1e9,
                 "gmacs": flops / 2e9}
 
     for name in methods:
